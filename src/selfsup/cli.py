@@ -1,0 +1,177 @@
+"""Command-line interface: ``selfsup train | eval | demo | preview``, mirroring ``selfsup.api``.
+
+Every ``TrainConfig`` field is a ``train`` flag (``batch_size`` -> ``--batch-size``), and so is
+every method hyperparameter (``tau_base`` -> ``--tau-base``). Bad options exit with code 2 and a
+one-line message naming the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from typing import Any, Sequence
+
+from selfsup.config import TRAIN_FIELDS, ConfigError, TrainConfig, method_option_types
+from selfsup.data.sources import DATA_SPECS, DataSpecError
+from selfsup.evaluation.frozen import PROTOCOLS_FROZEN
+from selfsup.methods import METHODS
+
+_HELP = {
+    "method": f"one of: {', '.join(METHODS)}",
+    "data": f"one of: {', '.join(DATA_SPECS)}",
+    "subset": "use N training images (a seeded random subset)",
+    "recipe": "paper: the paper's hyperparameters; small: the tuned small-image recipe; auto: small when images <= 64 px",
+    "lr": "base learning rate for batch 256 (scaled linearly with the batch size)",
+    "out": "run folder (default runs/METHOD-DATA-TIME)",
+    "width": "width multiplier of the backbone (0.25 for CPU-sized runs)",
+    "small_stem": "3x3 stride-1 stem without max-pool (default: on for images <= 64 px)",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> type:
+    """``int | None`` -> int; ``bool`` -> bool; ``tuple``/``dict`` -> str."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if args else annotation
+    return base if base in (int, float, bool, str) else str
+
+
+def _add_field(parser: argparse.ArgumentParser, name: str, annotation: Any, default: Any) -> None:
+    kind = _base_type(annotation)
+    help_text = _HELP.get(name, "") + (f" (default: {default})" if default is not None else "")
+    if kind is bool:
+        parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
+                            help=help_text)
+    else:
+        parser.add_argument(_flag(name), dest=name, type=kind, default=None, metavar=kind.__name__.upper(),
+                            help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfsup", description="Self-supervised visual representation learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="pretrain an encoder, then evaluate it against baselines")
+    defaults = TrainConfig()
+    hints = typing.get_type_hints(TrainConfig)
+    for name in TRAIN_FIELDS:
+        _add_field(train, name, hints[name], getattr(defaults, name))
+    group = train.add_argument_group("method hyperparameters (default: the paper's, or the small-image recipe)")
+    for name, hint in method_option_types().items():
+        if name not in TRAIN_FIELDS:
+            _add_field(group, name, hint, None)
+
+    ev = sub.add_parser("eval", help="score a run's frozen encoder against random-init and raw pixels")
+    ev.add_argument("run_dir")
+    ev.add_argument("--protocol", default="knn", help=f"one of: {', '.join(PROTOCOLS_FROZEN)}")
+    ev.add_argument("--data", default=None, help="data spec (default: the run's)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+    dm = sub.add_parser("demo", help="BYOL on Fashion-MNIST (digits when absent), then learned vs baselines")
+    dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--epochs", type=int, default=None)
+    dm.add_argument("--subset", type=int, default=None)
+    dm.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+    pv = sub.add_parser("preview", help="write a PNG grid of images and their augmented views")
+    pv.add_argument("--data", default="fashion-mnist", help=f"one of: {', '.join(DATA_SPECS)}")
+    pv.add_argument("--out", default="preview.png")
+    pv.add_argument("--method", default="byol")
+    pv.add_argument("--image-size", type=int, default=None)
+    pv.add_argument("--recipe", default="auto")
+    pv.add_argument("--crop-scale-min", type=float, default=None)
+    pv.add_argument("-n", type=int, default=8)
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--data-root", default=None)
+    return parser
+
+
+def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _fmt(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, float) else "-"
+
+
+def print_scores(scores: dict[str, Any], protocols: Sequence[str]) -> None:
+    rows = [("protocol", "learned", "random init", "raw pixels")]
+    for p in protocols:
+        key = f"{p}_top1"
+        rows.append((f"{p} top-1", _fmt(scores.get(key)), _fmt(scores.get("random_init_" + key)),
+                     _fmt(scores.get("raw_pixels_" + key))))
+    _print_table(rows)
+
+
+def _report_summary(summary: dict[str, Any]) -> None:
+    print(f"\n{summary['method']} on {summary['data']} ({summary['data_source']}): {summary['steps']} steps in "
+          f"{summary['seconds']:.0f} s, {summary['images_per_second']:.0f} images/s on {summary['device']}")
+    if "knn_top1" in summary:
+        print_scores(summary, ["knn", "linear"])
+    if summary.get("skipped_files"):
+        print(f"skipped {summary['skipped_files']} unreadable files (listed in skipped_files.txt)")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from selfsup.api import train
+
+    _report_summary(train(**{k: v for k, v in vars(args).items() if k != "command" and v is not None}))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from selfsup.api import demo
+
+    summary = demo(out=args.out, epochs=args.epochs, subset=args.subset, progress=args.progress)
+    _report_summary(summary)
+    print(f"run folder: {args.out} (summary.json, metrics.jsonl, checkpoints/)")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from selfsup.api import evaluate
+
+    result = evaluate(args.run_dir, protocol=args.protocol, data=args.data, device=args.device,
+                      progress=args.progress)
+    print(f"{args.protocol} on {result['data']} ({result['test_images']} test images)")
+    print_scores(result, [args.protocol])
+    return 0
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from selfsup.api import preview
+
+    path = preview(data=args.data, out=args.out, method=args.method, image_size=args.image_size,
+                   recipe=args.recipe, crop_scale_min=args.crop_scale_min, n=args.n, seed=args.seed,
+                   data_root=args.data_root)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from selfsup.train.loop import NonFiniteLoss, TrainingInterrupted
+
+    args = build_parser().parse_args(argv)
+    commands = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "preview": _cmd_preview}
+    try:
+        return commands[args.command](args)
+    except (ConfigError, DataSpecError) as err:
+        print(f"selfsup {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as err:
+        run_dir = err.checkpoint.parent.parent if err.checkpoint else "RUN_DIR"
+        print(f"\nstopped at step {err.step}; checkpoint saved. Resume with:\n"
+              f"  selfsup train --out {run_dir} --resume", file=sys.stderr)
+        return 130
+    except NonFiniteLoss as err:
+        print(f"selfsup train: error: {err}", file=sys.stderr)
+        return 3

@@ -1,0 +1,186 @@
+"""Run settings: one flat dataclass that the Python API and the CLI share field for field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfsup.methods import METHODS
+from selfsup.models import BACKBONES, NORMS
+from selfsup.train.optim import OPTIMIZERS
+
+RECIPES = ("auto", "paper", "small")
+SMALL_IMAGE_MAX = 64  # images up to this size use the small-image recipe and stem under "auto"
+SMALL_IMAGE_CROP_SCALE = (0.2, 1.0)  # crops below ~20% of a 28-px image keep almost nothing
+# SimCLR's CIFAR-10 recipe (Chen et al. 2020, Appendix B.9) drops the blur at 32 px.
+SMALL_IMAGE_VIEW_OVERRIDES: dict[str, float] = {"blur_p": 0.0}
+# Augmentation ablations (BYOL Table 5b): each name switches off one operation in every view.
+AUGMENT_OFF: dict[str, dict[str, float]] = {
+    "jitter": {"jitter_p": 0.0},
+    "grayscale": {"grayscale_p": 0.0},
+    "blur": {"blur_p": 0.0},
+    "solarize": {"solarize_p": 0.0},
+    "flip": {"flip_p": 0.0},
+    "crop_only": {"jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0},
+}
+
+
+class ConfigError(ValueError):
+    """A bad option: the message is one line naming the option and what is valid."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; ``None`` means "the method's / recipe's default".
+
+    Method hyperparameters (e.g. ``tau_base`` for BYOL) go in ``method_options``; the CLI
+    exposes them as flags of their own.
+    """
+
+    method: str = "byol"
+    data: str = "fashion-mnist"
+    subset: int | None = None
+    data_root: str | None = None
+    image_size: int | None = None
+    backbone: str = "resnet18"
+    width: float = 1.0
+    small_stem: bool | None = None
+    norm: str = "batchnorm"
+    recipe: str = "auto"
+    epochs: int = 100
+    batch_size: int = 256
+    optimizer: str | None = None
+    lr: float | None = None  # base learning rate for batch 256; scaled linearly with batch size
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    crop_scale_min: float | None = None
+    augment_off: str | None = None  # comma list of AUGMENT_OFF names, e.g. "blur,solarize" or "crop_only"
+    seed: int = 0
+    out: str | None = None
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    compile: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: once per epoch
+    eval_after: bool = True  # kNN + linear probe (and random-init / raw-pixel baselines) at the end
+    progress: bool = True
+    resume: bool = False
+    overwrite: bool = False
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+
+TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_options"]
+
+
+def method_option_types() -> dict[str, type]:
+    """Every method hyperparameter by name, with its type (first definition wins)."""
+    types: dict[str, type] = {}
+    for method in METHODS.values():
+        for name, hint in typing.get_type_hints(method.Config).items():
+            types.setdefault(name, hint)
+    return types
+
+
+def _check(ok: bool, option: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"--{option.replace('_', '-')}: {message}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError for the first bad option."""
+    _check(cfg.method in METHODS, "method", f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
+    _check(cfg.backbone in BACKBONES, "backbone",
+           f"unknown backbone {cfg.backbone!r}; choose from {', '.join(BACKBONES)}")
+    _check(cfg.norm in NORMS, "norm", f"unknown norm {cfg.norm!r}; choose from {', '.join(NORMS)}")
+    _check(cfg.recipe in RECIPES, "recipe", f"unknown recipe {cfg.recipe!r}; choose from {', '.join(RECIPES)}")
+    _check(cfg.optimizer is None or cfg.optimizer in OPTIMIZERS, "optimizer",
+           f"unknown optimizer {cfg.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    _check(cfg.precision in ("auto", "fp32", "bf16"), "precision", "choose from auto, fp32, bf16")
+    _check(cfg.epochs > 0, "epochs", f"must be a positive integer, got {cfg.epochs}")
+    _check(cfg.batch_size > 1, "batch_size", f"must be at least 2, got {cfg.batch_size}")
+    _check(cfg.width > 0, "width", f"must be positive, got {cfg.width}")
+    _check(cfg.subset is None or cfg.subset > 0, "subset", f"must be positive, got {cfg.subset}")
+    _check(cfg.image_size is None or cfg.image_size >= 4, "image_size", f"must be at least 4, got {cfg.image_size}")
+    _check(cfg.lr is None or cfg.lr > 0, "lr", f"must be positive, got {cfg.lr}")
+    _check(cfg.weight_decay is None or cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
+    _check(cfg.warmup_epochs is None or cfg.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+    _check(cfg.crop_scale_min is None or 0 < cfg.crop_scale_min <= 1, "crop_scale_min", "must be in (0, 1]")
+    for name in (cfg.augment_off or "").split(","):
+        _check(not name or name in AUGMENT_OFF, "augment_off",
+               f"unknown augmentation {name!r}; choose from {', '.join(AUGMENT_OFF)}")
+    _check(cfg.log_every > 0, "log_every", f"must be positive, got {cfg.log_every}")
+    _check(cfg.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
+    _check(not (cfg.resume and cfg.overwrite), "resume", "cannot be combined with --overwrite")
+    known = {f.name for f in dataclasses.fields(METHODS[cfg.method].Config)}
+    for name in cfg.method_options:
+        _check(name in known, name, f"is not an option of method {cfg.method!r}; its options: "
+               f"{', '.join(sorted(known))}")
+
+
+@dataclass
+class Resolved:
+    """Concrete values decided from the config and the data (written to config.yaml)."""
+
+    recipe: str
+    image_size: int
+    small_stem: bool
+    crop_scale: tuple[float, float]
+    view_overrides: dict[str, float]
+    optimizer: str
+    base_lr: float
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+    method_options: dict[str, Any]
+
+
+def resolve(cfg: TrainConfig, native_image_size: int) -> Resolved:
+    """Fill every ``None`` from the recipe: paper defaults, or the small-image recipe."""
+    method = METHODS[cfg.method]
+    size = cfg.image_size or native_image_size
+    recipe = cfg.recipe if cfg.recipe != "auto" else ("small" if size <= SMALL_IMAGE_MAX else "paper")
+    small = recipe == "small"
+    options = dataclasses.asdict(method.Config())
+    optim = dict(method.OPTIMIZER)
+    if small:
+        options.update(method.SMALL_IMAGE_RECIPE)
+        optim.update(method.SMALL_IMAGE_OPTIMIZER)
+    options.update(cfg.method_options)
+    crop = (cfg.crop_scale_min, 1.0) if cfg.crop_scale_min else (SMALL_IMAGE_CROP_SCALE if small else (0.08, 1.0))
+    base_lr = cfg.lr if cfg.lr is not None else optim["lr"]
+    view_overrides = dict(SMALL_IMAGE_VIEW_OVERRIDES) if small else {}
+    for name in filter(None, (cfg.augment_off or "").split(",")):
+        view_overrides.update(AUGMENT_OFF[name])
+    return Resolved(
+        recipe=recipe, image_size=size,
+        small_stem=cfg.small_stem if cfg.small_stem is not None else size <= SMALL_IMAGE_MAX,
+        crop_scale=crop, view_overrides=view_overrides, optimizer=cfg.optimizer or optim["optimizer"], base_lr=base_lr,
+        lr=base_lr * cfg.batch_size / 256,
+        weight_decay=cfg.weight_decay if cfg.weight_decay is not None else optim["weight_decay"],
+        warmup_epochs=cfg.warmup_epochs if cfg.warmup_epochs is not None else optim["warmup_epochs"],
+        method_options=options,
+    )
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in data.items() if k in names})
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> None:
+    plain = json.loads(json.dumps(data))  # tuples -> lists, str subclasses -> str
+    path.write_text(yaml.safe_dump(plain, sort_keys=False))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())

@@ -1,0 +1,71 @@
+"""The interface between a self-supervised method and the generic training loop.
+
+A method owns its networks and its loss. The loop hands it a list of augmented views and
+calls ``on_step_end`` after each optimiser step (for momentum targets, queues, schedules);
+it knows nothing else about the method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from selfsup.data.views import ViewSpec, byol_views
+
+
+@dataclass
+class StepOutput:
+    """What ``Method.training_step`` returns.
+
+    ``loss`` is the scalar to minimise. ``embeddings`` holds two views' outputs (for the
+    collapse monitors), ``features`` the backbone features of the first view (for an online
+    probe); both detached. ``metrics`` are extra scalar tensors to log (not synchronised).
+    """
+
+    loss: torch.Tensor
+    embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
+    features: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class: subclasses set ``name`` and ``Config`` and implement ``training_step``.
+
+    ``Config`` is a dataclass of the method's hyperparameters with the paper's defaults;
+    ``SMALL_IMAGE_RECIPE`` overrides some of them (and the optimiser settings in
+    ``OPTIMIZER`` / ``SMALL_IMAGE_OPTIMIZER``) for small images, measured in BENCHMARKS.md.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    OPTIMIZER: ClassVar[dict[str, Any]] = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1.5e-6,
+                                           "warmup_epochs": 10}
+    SMALL_IMAGE_RECIPE: ClassVar[dict[str, Any]] = {}
+    SMALL_IMAGE_OPTIMIZER: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, encoder: nn.Module, config: Any) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = config
+
+    @property
+    def feature_dim(self) -> int:
+        return self.encoder.feature_dim
+
+    def views(self, size: int, crop_scale: tuple[float, float]) -> list[ViewSpec]:
+        """The augmented views this method trains on (default: BYOL's two asymmetric views)."""
+        return byol_views(size, crop_scale)
+
+    def training_step(self, views: list[torch.Tensor]) -> StepOutput:
+        raise NotImplementedError
+
+    def on_step_end(self, step: int, total_steps: int) -> dict[str, float]:
+        """Called after each optimiser step; returns scalars to log (e.g. the EMA rate)."""
+        return {}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters, as optimiser groups; a group may set ``lr_multiplier``."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]

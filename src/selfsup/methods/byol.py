@@ -1,0 +1,113 @@
+"""BYOL: Bootstrap Your Own Latent (Grill et al., NeurIPS 2020).
+
+    online:  y = f(v),  z = g(y),  p = q(z)         (encoder f, projector g, predictor q)
+    target:  y' = f'(v'), z' = g'(v')                (EMA copies, no gradient)
+    loss  =  ||p/|p| - z'/|z'|||^2, symmetrised over (v, v')            (Eq. 2)
+    after each step: xi <- tau xi + (1 - tau) theta, tau cosine-scheduled (Sec. 3.2)
+
+Switches for the paper's ablations (Sec. 5, Appendix F): no predictor, no stop-gradient,
+no EMA (target = online weights, tau = 0), fixed target (tau = 1), a predictor learning-rate
+multiplier, and beta times an NT-Xent term with negatives (the BYOL-to-SimCLR bridge).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.losses import byol_loss, nt_xent_loss
+from selfsup.methods.momentum import cosine_tau, ema_update, frozen_copy
+from selfsup.models.heads import mlp
+
+
+@dataclass
+class BYOLConfig:
+    """Paper defaults (Grill et al. 2020, Sec. 3.3 and Appendix J)."""
+
+    projector_hidden_dim: int = 4096
+    projection_dim: int = 256
+    predictor_hidden_dim: int = 4096
+    tau_base: float = 0.996
+    tau_schedule: bool = True  # cosine increase of tau to 1; False keeps tau = tau_base
+    target: str = "ema"  # "ema" | "none" (target = online weights every step, i.e. tau = 0)
+    predictor: bool = True
+    stop_gradient: bool = True
+    predictor_lr_multiplier: float = 1.0
+    negatives_beta: float = 0.0
+    negatives_temperature: float = 0.1
+    head_norm: str = "batchnorm"
+
+
+class BYOL(Method):
+    name = "byol"
+    Config = BYOLConfig
+    OPTIMIZER = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1.5e-6, "warmup_epochs": 10}
+    SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 1024, "projection_dim": 128,
+                          "predictor_hidden_dim": 1024, "tau_base": 0.99}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 1.0, "weight_decay": 1e-5, "warmup_epochs": 1}
+
+    def __init__(self, encoder: nn.Module, config: BYOLConfig) -> None:
+        super().__init__(encoder, config)
+        if config.target not in ("ema", "none"):
+            raise ValueError(f"byol: target must be 'ema' or 'none', got {config.target!r}")
+        c = config
+        self.projector = mlp(self.feature_dim, c.projector_hidden_dim, c.projection_dim, norm=c.head_norm)
+        self.predictor = (mlp(c.projection_dim, c.predictor_hidden_dim, c.projection_dim, norm=c.head_norm)
+                          if c.predictor else None)
+        if c.target == "ema":
+            self.target_encoder = frozen_copy(encoder)
+            self.target_projector = frozen_copy(self.projector)
+            if not c.stop_gradient:  # gradients reach the target and the optimiser trains it too
+                for p in [*self.target_encoder.parameters(), *self.target_projector.parameters()]:
+                    p.requires_grad_(True)
+
+    def _target(self, view: torch.Tensor) -> torch.Tensor:
+        if self.config.target == "ema":
+            return self.target_projector(self.target_encoder(view))
+        return self.projector(self.encoder(view))
+
+    def training_step(self, views: list[torch.Tensor]) -> StepOutput:
+        v1, v2 = views[0], views[1]
+        y1, y2 = self.encoder(v1), self.encoder(v2)
+        z1, z2 = self.projector(y1), self.projector(y2)
+        p1, p2 = (self.predictor(z1), self.predictor(z2)) if self.predictor is not None else (z1, z2)
+        with torch.set_grad_enabled(not self.config.stop_gradient and torch.is_grad_enabled()):
+            t1, t2 = self._target(v1), self._target(v2)
+        if self.config.stop_gradient:
+            t1, t2 = t1.detach(), t2.detach()
+        loss = byol_loss(p1, t2) + byol_loss(p2, t1)
+        metrics = {"byol_loss": loss.detach()}
+        if self.config.negatives_beta:
+            contrastive = nt_xent_loss(p1, t2, self.config.negatives_temperature) + \
+                nt_xent_loss(p2, t1, self.config.negatives_temperature)
+            metrics["contrastive_loss"] = contrastive.detach()
+            loss = loss + self.config.negatives_beta * contrastive
+        return StepOutput(loss=loss, embeddings=(z1.detach(), z2.detach()), features=y1.detach(),
+                          metrics=metrics)
+
+    def tau(self, step: int, total_steps: int) -> float:
+        if self.config.target == "none":
+            return 0.0
+        if not self.config.tau_schedule:
+            return self.config.tau_base
+        return cosine_tau(step, total_steps, self.config.tau_base)
+
+    def on_step_end(self, step: int, total_steps: int) -> dict[str, float]:
+        tau = self.tau(step, total_steps)
+        if self.config.target == "ema":
+            ema_update(self.target_encoder, self.encoder, tau)
+            ema_update(self.target_projector, self.projector, tau)
+        return {"tau": tau}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        predictor = list(self.predictor.parameters()) if self.predictor is not None else []
+        in_predictor = set(predictor)
+        rest = [p for p in self.parameters() if p.requires_grad and p not in in_predictor]
+        groups: list[dict[str, Any]] = [{"params": rest}]
+        if predictor:
+            groups.append({"params": predictor, "lr_multiplier": self.config.predictor_lr_multiplier})
+        return groups

@@ -1,0 +1,77 @@
+"""Backbones: torchvision ResNets with a small-image stem, any input channels and a width multiplier.
+
+``ResNetBackbone`` subclasses ``torchvision.models.ResNet`` and reuses its block builder, so at
+``width=1`` its ``state_dict`` has exactly torchvision's keys (without ``fc``), and with
+``small_stem=False, in_channels=3`` it loads strictly into ``torchvision.models.resnet18/50``.
+The small-image stem (3x3 conv, stride 1, no max-pool) follows SimCLR's CIFAR variant
+(Chen et al. 2020, Appendix B.9).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from selfsup.models.norm import NORMS, make_norm, standardize_convs
+
+BACKBONES: dict[str, tuple[type[nn.Module], list[int]]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+}
+
+
+class ResNetBackbone(ResNet):
+    """A torchvision ResNet without its classifier; ``forward`` returns pooled features ``[B, D]``."""
+
+    def __init__(self, block: type[nn.Module], layers: list[int], width: float = 1.0,
+                 in_channels: int = 3, small_stem: bool = False,
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> None:
+        nn.Module.__init__(self)
+        widths = [max(4, int(round(w * width))) for w in (64, 128, 256, 512)]
+        self._norm_layer = norm_layer
+        self.dilation, self.groups, self.base_width = 1, 1, 64
+        self.inplanes = widths[0]
+        if small_stem:
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.bn1 = norm_layer(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(block, widths[0], layers[0])
+        self.layer2 = self._make_layer(block, widths[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Identity()
+        self.feature_dim = widths[3] * block.expansion
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self._forward_impl(x), 1)
+
+
+def build_backbone(name: str = "resnet18", *, width: float = 1.0, in_channels: int = 3,
+                   small_stem: bool = False, norm: str = "batchnorm") -> ResNetBackbone:
+    """Build a backbone by name; ``norm`` is one of ``NORMS`` (``groupnorm_ws`` also standardises convs)."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    block, layers = BACKBONES[name]
+    model = ResNetBackbone(block, layers, width=width, in_channels=in_channels,
+                           small_stem=small_stem, norm_layer=lambda c: make_norm(norm, c, dims=2))
+    if norm == "groupnorm_ws":
+        standardize_convs(model)
+    return model
+
+
+__all__ = ["BACKBONES", "NORMS", "ResNetBackbone", "build_backbone"]

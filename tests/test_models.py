@@ -1,0 +1,36 @@
+"""Backbones: shapes, width, stem, channels, torchvision compatibility."""
+
+import torch
+import torchvision
+
+from selfsup.models import build_backbone
+from selfsup.models.norm import WSConv2d
+
+
+def test_resnet18_full_width_loads_strictly_into_torchvision():
+    ours = build_backbone("resnet18")
+    ref = torchvision.models.resnet18()
+    ref.fc = torch.nn.Identity()
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    ours.eval(), ref.eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_width_stem_and_channels():
+    model = build_backbone("resnet18", width=0.25, in_channels=1, small_stem=True)
+    assert model.feature_dim == 128
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 128)
+    r50 = build_backbone("resnet50", width=0.25, small_stem=True)
+    assert r50.feature_dim == 512 and r50(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_groupnorm_ws_has_no_batchnorm_and_standardised_convs():
+    model = build_backbone("resnet18", width=0.25, small_stem=True, norm="groupnorm_ws")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert isinstance(model.conv1, WSConv2d)
+    # batch independence: a sample's features do not depend on the rest of the batch
+    model.train()
+    x = torch.randn(4, 3, 16, 16)
+    torch.testing.assert_close(model(x)[:1], model(x[:1]), atol=1e-5, rtol=1e-4)
