@@ -1,8 +1,8 @@
 """The interface between a self-supervised method and the generic training loop.
 
 A method owns its networks and its loss. The loop hands it a list of augmented views and
-calls ``on_step_end`` after each optimiser step (for momentum targets, queues, schedules);
-it knows nothing else about the method.
+calls its hooks (``on_epoch_start``, ``on_batch_start``, ``before_optimizer_step``,
+``on_step_end``); it knows nothing else about the method. ``step`` counts optimiser steps done.
 """
 
 from __future__ import annotations
@@ -61,6 +61,19 @@ class Method(nn.Module):
 
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:
         raise NotImplementedError
+
+    def forward(self, views: list[torch.Tensor]) -> StepOutput:
+        """``method(views)`` is ``training_step`` (so DDP and torch.compile see a forward)."""
+        return self.training_step(views)
+
+    def on_epoch_start(self, epoch: int, steps_per_epoch: int) -> None:
+        """Called before the first step of each epoch (e.g. DeepCluster's k-means)."""
+
+    def on_batch_start(self, indices: torch.Tensor) -> None:
+        """Called with the dataset indices of the coming batch (for memory banks)."""
+
+    def before_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called between backward and the optimiser step (e.g. freezing prototypes early on)."""
 
     def on_step_end(self, step: int, total_steps: int) -> dict[str, float]:
         """Called after each optimiser step; returns scalars to log (e.g. the EMA rate)."""

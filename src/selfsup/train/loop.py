@@ -120,7 +120,7 @@ def fit(method: Method, images: torch.Tensor, views: Sequence[ViewSpec], mean: S
         method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(s.optimizer, method.param_groups(), s.lr, s.weight_decay)
     use_bf16 = s.precision == "bf16"
-    step_fn = torch.compile(method.training_step) if s.compile else method.training_step
+    step_fn = torch.compile(method) if s.compile else method
     data = images.to(device) if device.type == "cpu" or images.numel() < 2**32 else images.pin_memory()
 
     step = 0
@@ -153,9 +153,11 @@ def fit(method: Method, images: torch.Tensor, views: Sequence[ViewSpec], mean: S
         while step < total_steps:
             epoch, position = divmod(step, steps_per_epoch)
             order = epoch_order(n, s.seed, epoch)
+            method.on_epoch_start(epoch, steps_per_epoch)  # also when resuming mid-epoch
             for batch_index in order[position * s.batch_size:steps_per_epoch * s.batch_size].split(s.batch_size):
                 lr = warmup_cosine(step, total_steps, warmup_steps, s.lr)
                 set_lr(optimizer, lr)
+                method.on_batch_start(batch_index)
                 batch = data[batch_index.to(data.device)].to(device, non_blocking=True)
                 gen = torch.Generator().manual_seed(derived_seed(s.seed, "augment", step))
                 inputs = [normalize(v, mean, std) for v in augment_views(batch, views, gen)]
@@ -165,6 +167,7 @@ def fit(method: Method, images: torch.Tensor, views: Sequence[ViewSpec], mean: S
                     out = step_fn(inputs)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
+                method.before_optimizer_step(step, total_steps)
                 optimizer.step()
                 after = method.on_step_end(step + 1, total_steps)
                 step += 1
