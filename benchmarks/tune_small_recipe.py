@@ -35,10 +35,11 @@ def main() -> None:
         for values in itertools.product(*(grid[k] for k in keys)):
             options = dict(zip(keys, values))
             with tempfile.TemporaryDirectory() as tmp:
-                s = train(method=args.method, data=data, subset=args.subset if data != "digits" else None,
-                          backbone="resnet18", width=args.width, epochs=args.epochs,
-                          batch_size=args.batch_size, seed=args.seed, out=tmp, overwrite=True,
-                          progress=False, **options)
+                settings = dict(method=args.method, data=data, subset=args.subset if data != "digits" else None,
+                                backbone="resnet18", width=args.width, epochs=args.epochs,
+                                batch_size=args.batch_size, seed=args.seed, out=tmp, overwrite=True,
+                                progress=False)
+                s = train(**{**settings, **options})
             print(json.dumps({"method": args.method, "data": data, "options": options,
                               **{k: round(s[k], 4) for k in ("knn_top1", "random_init_knn_top1", "linear_top1",
                                                              "random_init_linear_top1", "seconds")},

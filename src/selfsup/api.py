@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torchvision
@@ -27,6 +27,7 @@ from selfsup.evaluation.frozen import PROTOCOLS_FROZEN, evaluate_encoder, evalua
 from selfsup.methods import METHODS, Method
 from selfsup.models import build_backbone
 from selfsup.train.checkpoint import safe_load
+from selfsup.train import distributed as dist_train
 from selfsup.train.loop import LoopSettings, derived_seed, fit
 
 
@@ -67,7 +68,8 @@ def build_method(cfg: TrainConfig, resolved: Resolved, in_channels: int, seed: i
     """Backbone + method heads, initialised from ``seed`` (default: the config's)."""
     torch.manual_seed(cfg.seed if seed is None else seed)
     encoder = build_backbone(cfg.backbone, width=cfg.width, in_channels=in_channels,
-                             small_stem=resolved.small_stem, norm=cfg.norm)
+                             small_stem=resolved.small_stem, norm=cfg.norm,
+                             grad_checkpointing=cfg.grad_checkpointing)
     method_cls = METHODS[cfg.method]
     options = {k: v for k, v in resolved.method_options.items()}
     if "head_norm" in options and cfg.norm != "batchnorm" and "head_norm" not in cfg.method_options:
@@ -81,24 +83,57 @@ def training_views(method: Method, resolved: Resolved) -> list[ViewSpec]:
             for v in method.views(resolved.image_size, resolved.crop_scale)]
 
 
-def _load_split(cfg: TrainConfig) -> DataSplit:
+def _load_split(cfg: TrainConfig, pretraining: bool = False) -> DataSplit:
+    """The run's data; ``pretraining=True`` also removes ``cfg.holdout_classes`` from train."""
     return load_data(cfg.data, subset=cfg.subset, seed=cfg.seed, root=cfg.data_root,
-                     image_size=cfg.image_size, progress=cfg.progress)
+                     image_size=cfg.image_size, progress=cfg.progress,
+                     holdout_classes=cfg.holdout_classes if pretraining else None)
 
 
-def _prepare_run_dir(cfg: TrainConfig) -> Path:
+def _run_dir_path(cfg: TrainConfig) -> Path:
+    """The run folder ``cfg`` asks for (a new timestamped name without ``out``), checked, nothing written."""
     out = Path(cfg.out or f"runs/{cfg.method}-{cfg.data.replace(':', '_').replace('/', '_')}-"
                           f"{_dt.datetime.now():%Y%m%d-%H%M%S}")
     if cfg.resume:
         if not (out / "checkpoints" / "last.pt").exists():
-            raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'}")
+            raise ConfigError(f"--resume: no checkpoint in {out / 'checkpoints'} (the run stopped before its first "
+                              "checkpoint); start it again with --overwrite")
     elif out.exists() and any(out.iterdir()):
         if not cfg.overwrite:
             raise ConfigError(f"--out: run folder {out} exists; pass --resume to continue it or --overwrite "
                               "to replace it")
-        shutil.rmtree(out)
+    return out
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> Path:
+    out = _run_dir_path(cfg)
+    if not cfg.resume and out.exists() and any(out.iterdir()):
+        shutil.rmtree(out)  # --overwrite (checked above)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _prepare_run_dir_on_main(cfg: TrainConfig, info: dist_train.DistInfo) -> Path:
+    """Rank 0 checks and creates the run folder; every process gets its path (or the same ConfigError)."""
+    if not info.distributed:
+        return _prepare_run_dir(cfg)
+    outcome: tuple[str, str] | None = None
+    if info.is_main:
+        try:
+            outcome = ("ok", str(_prepare_run_dir(cfg)))
+        except ConfigError as err:
+            outcome = ("error", str(err))
+    outcome = dist_train.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise ConfigError(outcome[1])
+    return Path(outcome[1])
+
+
+def _write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
+    """--resume reads config.yaml back: a run killed while rewriting it must leave the old file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_yaml(tmp, data)
+    tmp.replace(path)
 
 
 def train(config: TrainConfig | None = None, **options: Any) -> dict[str, Any]:
@@ -106,51 +141,142 @@ def train(config: TrainConfig | None = None, **options: Any) -> dict[str, Any]:
 
     ``options`` are ``TrainConfig`` fields or method hyperparameters, e.g.
     ``train(method="byol", data="digits", epochs=5, tau_base=0.99)``. With ``resume=True`` and
-    ``out=RUN_DIR`` the stored settings of that run are used and it continues from its checkpoint.
+    ``out=RUN_DIR`` the stored settings of that run are used and it continues from its checkpoint
+    (on any number of processes; an ``epochs`` given with it extends the run, an ``eval_after``
+    given with it applies).
+
+    ``devices=N`` (N > 1) starts N processes through ``torch.distributed.run`` and returns rank 0's
+    summary. In a process started by torchrun each process calls ``train``: ``batch_size`` is the
+    global batch, split evenly over the processes; rank 0 alone writes the run folder and evaluates.
     """
     cfg = _merge(config or TrainConfig(), options)
     if cfg.resume and cfg.out and (Path(cfg.out) / "config.yaml").exists():
-        stored = read_yaml(Path(cfg.out) / "config.yaml")["config"]
-        cfg = dataclasses.replace(config_from_dict(stored), resume=True, overwrite=False, progress=cfg.progress)
+        stored = config_from_dict(read_yaml(Path(cfg.out) / "config.yaml")["config"])
+        epochs = options.get("epochs", stored.epochs)
+        if epochs < stored.epochs:
+            raise ConfigError(f"--epochs: a resumed run can only be extended; it was started with {stored.epochs}")
+        cfg = dataclasses.replace(stored, resume=True, overwrite=False, progress=cfg.progress, devices=cfg.devices,
+                                  epochs=epochs, eval_after=options.get("eval_after", stored.eval_after),
+                                  out=cfg.out)  # the folder named now, even if moved or copied
     validate(cfg)
-    split = _load_split(cfg)  # data errors surface before anything is written
+    if cfg.devices > 1 and not dist_train.launched_by_torchrun():
+        return _train_on_processes(cfg)
+    info = dist_train.init_from_env(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        dist_train.teardown(barrier=False)
+
+
+def _train_on_processes(cfg: TrainConfig) -> dict[str, Any]:
+    """``--devices N``: check what can be checked here, then run ``selfsup train`` on N processes."""
+    if pick_device(cfg.device).type == "cuda" and cfg.devices > torch.cuda.device_count():
+        raise ConfigError(f"--devices: {cfg.devices} processes but {torch.cuda.device_count()} GPUs are visible")
+    split = _load_split(cfg, pretraining=True)  # data errors here, once (and a folder's cache is built once)
     if cfg.batch_size > len(split.train):
         raise ConfigError(f"--batch-size: {cfg.batch_size} is larger than the {len(split.train)} training images")
-    run_dir = _prepare_run_dir(cfg)
+    del split
+    out = _run_dir_path(cfg)
+    # a resumed run reads its stored settings; pass the ones a resume may change even at their defaults
+    explicit = ("epochs", "eval_after") if cfg.resume else ()
+    code = dist_train.launch(["train", *config_argv(dataclasses.replace(cfg, out=str(out)), explicit)], cfg.devices)
+    if code:
+        raise dist_train.DistributedRunFailed(code, cfg.devices)
+    return json.loads((out / "summary.json").read_text())
+
+
+def config_argv(cfg: TrainConfig, explicit: Sequence[str] = ()) -> list[str]:
+    """``selfsup train`` flags that reproduce ``cfg`` (fields that differ from the defaults, and ``explicit``)."""
+    defaults = TrainConfig()
+    values = [(f.name, getattr(cfg, f.name), getattr(defaults, f.name)) for f in dataclasses.fields(TrainConfig)
+              if f.name != "method_options"]
+    values += [(name, value, None) for name, value in cfg.method_options.items()]
+    argv: list[str] = []
+    for name, value, default in values:
+        if value is None or (value == default and name not in explicit):
+            continue
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            argv += [f"--{flag}", str(value)]
+    return argv
+
+
+def _train(cfg: TrainConfig, info: dist_train.DistInfo) -> dict[str, Any]:
+    """One process's part of ``train`` (the only part without torchrun)."""
+    world = info.world_size
+    if dist_train.launched_by_torchrun() and cfg.devices > 1 and cfg.devices != world:
+        raise ConfigError(f"--devices: {cfg.devices}, but torchrun started {world} processes")
+    if cfg.batch_size % world:
+        raise ConfigError(f"--batch-size: the global batch {cfg.batch_size} does not split evenly over {world} "
+                          "processes")
+    split = _load_split(cfg, pretraining=True)  # data errors surface before anything is written
+    if cfg.batch_size > len(split.train):
+        raise ConfigError(f"--batch-size: {cfg.batch_size} is larger than the {len(split.train)} training images")
+    run_dir = _prepare_run_dir_on_main(cfg, info)
     resolved = resolve(cfg, split.train.image_size)
     mean, std = channel_stats(split)
-    device = pick_device(cfg.device)
+    device = info.device
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    write_yaml(run_dir / "config.yaml", {
-        "config": config_to_dict(cfg), "resolved": dataclasses.asdict(resolved),
-        "data": {"source": split.source, "train_images": len(split.train), "test_images": len(split.test),
-                 "channels": split.train.channels, "native_size": split.train.image_size,
-                 "classes": split.train.classes, "mean": mean, "std": std},
-        "versions": versions()})
-    if split.skipped:
-        (run_dir / "skipped_files.txt").write_text("".join(f"{p}\t{r}\n" for p, r in split.skipped))
+    sync_bn = world > 1 and (cfg.sync_bn if cfg.sync_bn is not None else METHODS[cfg.method].sync_batchnorm)
+    if info.is_main:
+        _write_yaml_atomic(run_dir / "config.yaml", {
+            "config": config_to_dict(cfg), "resolved": dataclasses.asdict(resolved),
+            "data": {"source": split.source, "train_images": len(split.train), "test_images": len(split.test),
+                     "channels": split.train.channels, "native_size": split.train.image_size,
+                     "classes": split.train.classes, "mean": mean, "std": std},
+            "distributed": {"processes": world, "batch_per_process": cfg.batch_size // world, "sync_bn": sync_bn},
+            "versions": versions()})
+        if split.skipped:
+            (run_dir / "skipped_files.txt").write_text("".join(f"{p}\t{r}\n" for p, r in split.skipped))
     method = build_method(cfg, resolved, split.train.channels)
     views = training_views(method, resolved)
     settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=resolved.optimizer,
                             lr=resolved.lr, weight_decay=resolved.weight_decay,
-                            warmup_epochs=resolved.warmup_epochs, seed=cfg.seed, log_every=cfg.log_every,
+                            warmup_epochs=resolved.warmup_epochs, lars_eta=resolved.lars_eta,
+                            lars_clip=resolved.lars_clip, seed=cfg.seed, log_every=cfg.log_every,
                             checkpoint_every=cfg.checkpoint_every, device=str(device), precision=precision,
-                            compile=cfg.compile, progress=cfg.progress)
-    result = fit(method, split.train.images, views, mean, std, settings, run_dir=run_dir, resume=cfg.resume)
+                            compile=cfg.compile, progress=cfg.progress, online_probe=cfg.online_probe,
+                            sync_bn=sync_bn)
+    hooks = [knn_check(split, resolved.image_size, mean, std, device, cfg.knn_every)] if cfg.knn_every else []
+    try:
+        result = fit(method, split.train.images, views, mean, std, settings, run_dir=run_dir, resume=cfg.resume,
+                     labels=split.train.labels, epoch_hooks=hooks)
+    finally:
+        dist_train.revert_sync_batchnorm(method)  # plain BatchNorm again for evaluation
     summary: dict[str, Any] = {
         "method": cfg.method, "backbone": cfg.backbone, "width": cfg.width, "data": cfg.data,
         "data_source": split.source, "train_images": len(split.train), "epochs": cfg.epochs,
         "batch_size": cfg.batch_size, "steps": result.steps, "seconds": result.seconds,
         "images_per_second": result.images_per_second, "device": str(device), "precision": precision,
         "peak_memory_mb": _peak_memory_mb(device), "recipe": resolved.recipe, "versions": versions(),
-        "final_metrics": result.last_metrics,
+        "final_metrics": result.last_metrics, "processes": world, "sync_bn": sync_bn,
     }
+    if world > 1:  # training is done everywhere; rank 0 evaluates alone, the others return
+        dist_train.teardown()
+        if not info.is_main:
+            return summary
     if split.skipped:
         summary["skipped_files"] = len(split.skipped)
     if cfg.eval_after and split.train.labels is not None:
-        summary.update(_frozen_table(method.encoder, cfg, resolved, split, mean, std, device))
+        eval_split = _load_split(cfg) if cfg.holdout_classes else split  # labels of every class
+        summary.update(_frozen_table(method.encoder, cfg, resolved, eval_split, mean, std, device))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def knn_check(split: DataSplit, size: int, mean: list[float], std: list[float], device: torch.device,
+              every: int) -> Callable[[int, int, Method], dict[str, float]]:
+    """An epoch hook: kNN top-1 of the current encoder on the test split every ``every`` epochs."""
+
+    def hook(epoch: int, step: int, method: Method) -> dict[str, float]:
+        if (epoch + 1) % every or split.train.labels is None:
+            return {}
+        scores = evaluate_encoder(method.encoder, split, size, mean, std, ["knn"], device)
+        return {"knn_top1": scores["knn_top1"]}
+
+    return hook
 
 
 def _frozen_table(encoder: nn.Module, cfg: TrainConfig, resolved: Resolved, split: DataSplit,
@@ -203,26 +329,90 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
 
 
 def evaluate(run_dir: str | Path, protocol: str = "knn", data: str | None = None,
-             device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Score a run's frozen encoder (with random-init and raw-pixel baselines) on ``data``.
+             device: str = "auto", progress: bool = True, **options: Any) -> dict[str, Any]:
+    """Score a run's encoder by ``protocol``, beside a random-init encoder of the same architecture
+    (and raw pixels / a supervised encoder where they apply), on ``data`` (default: the run's).
 
-    Writes ``eval/<protocol>-<data>.json`` in the run folder and returns the same dict.
+    ``protocol``: knn, linear, linear-aug, finetune, semi:1%, semi:10% (any semi:P%), supervised,
+    fewshot, transfer, or all (see ``selfsup.evaluation.protocols``). ``options`` are
+    ``EvalOptions`` fields: ``epochs``, ``batch_size``, ``lr``, ``episodes``, ``ways``, ``shots``,
+    ``queries``, ``metric``, ``transfer_data``, ``seed``. Writes ``eval/<protocol>-<data>.json``
+    (``all``: every protocol's file and ``eval/summary-<data>.md`` / ``.json``) in the run folder
+    and returns the same dict.
     """
-    if protocol not in PROTOCOLS_FROZEN:
-        raise ConfigError(f"--protocol: unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS_FROZEN)}")
+    from selfsup.data.sources import parse_class_list
+    from selfsup.evaluation import protocols as P
+
+    try:
+        protocol = P.check_protocol(protocol)
+        opts = P.EvalOptions(**{k: v for k, v in options.items() if v is not None})
+        opts.check()
+    except TypeError as e:
+        raise ConfigError(f"evaluate: unknown option ({e})") from e
+    except P.ProtocolError as e:
+        raise ConfigError(str(e)) from e
     dev = pick_device(device)
     run = load_run(run_dir, device=str(dev))
-    cfg = dataclasses.replace(run.config, data=data or run.config.data, progress=progress)
-    split = _load_split(cfg)
-    start = time.perf_counter()
-    scores = _frozen_table(run.encoder, cfg, run.resolved, split, run.mean, run.std, dev, [protocol])
-    result = {"protocol": protocol, "data": cfg.data, "data_source": split.source, "run": str(run.path),
-              "train_images": len(split.train), "test_images": len(split.test), **scores,
-              "seconds": time.perf_counter() - start}
-    out_dir = Path(run_dir) / "eval"
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / f"{protocol}-{cfg.data.replace(':', '_').replace('/', '_')}.json").write_text(json.dumps(result, indent=2))
-    return result
+    cfg = dataclasses.replace(run.config, progress=progress)
+    channels = len(run.mean)
+
+    def load(spec: str) -> DataSplit:  # the run's data with its --subset; other data at the run's size
+        same = spec.strip().lower() == cfg.data.strip().lower()
+        return load_data(spec, subset=cfg.subset if same else None, seed=cfg.seed, root=cfg.data_root,
+                         image_size=cfg.image_size if same else run.resolved.image_size, progress=progress)
+
+    setup = P.EvalSetup(
+        encoder=run.encoder, load=load, run_data=cfg.data, data=data or cfg.data, channels=channels,
+        random_init=lambda: build_method(cfg, run.resolved, channels, seed=derived_seed(cfg.seed, "random-init")).encoder,
+        size=run.resolved.image_size, mean=run.mean, std=run.std, crop_scale=tuple(run.resolved.crop_scale),
+        holdout_classes=parse_class_list(cfg.holdout_classes) if cfg.holdout_classes else (), seed=cfg.seed,
+        device=dev, progress=progress, log=(lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None))
+    eval_dir = Path(run_dir) / "eval"
+    fresh = not eval_dir.exists()
+    try:
+        return P.evaluate_and_save(P.Evaluator(setup, opts), protocol, eval_dir, str(run.path),
+                                   method=cfg.method)
+    except P.ProtocolError as e:
+        raise ConfigError(str(e)) from e
+    finally:  # an error before any result (e.g. a bad --data) leaves the run folder as it was
+        if fresh and eval_dir.is_dir() and not any(eval_dir.iterdir()):
+            eval_dir.rmdir()
+
+
+def export(run_dir: str | Path, format: str = "safetensors", out: str | Path | None = None) -> dict[str, Any]:
+    """Export a run's trained backbone for use elsewhere; returns ``{"path", "files", "format", ...}``.
+
+    ``format``: ``torchvision`` (``state_dict`` for ``torchvision.models.resnetXX()`` + a ``.json``
+    sidecar; width 1 and BatchNorm only), ``safetensors`` (weights + settings in the header) or
+    ``onnx`` (dynamic batch). ``out`` defaults to ``RUN_DIR/export/encoder.<ext>``.
+    """
+    from selfsup.handoff import export_encoder
+
+    return export_encoder(run_dir, format, out)
+
+
+def embed(run_dir: str | Path, data: str | None = None, out: str | Path | None = None, split: str = "all",
+          batch_size: int = 256, device: str = "auto", data_root: str | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Write the frozen encoder's embeddings of a whole dataset (``.npy``, ``.npz`` or ``.parquet``).
+
+    ``data`` defaults to the run's (without ``subset``); ``split``: ``all`` (train then test rows),
+    ``train`` or ``test``; rows are in dataset order with ``split``, ``index``, ``label``, ``class``,
+    ``path`` and ``embedding`` columns. ``out`` defaults to ``RUN_DIR/embeddings/DATA.npy``.
+    """
+    from selfsup.handoff import embed_dataset
+
+    return embed_dataset(run_dir, data=data, out=out, split=split, batch_size=batch_size, device=device,
+                         data_root=data_root, progress=progress)
+
+
+def load_encoder(run_dir_or_file: str | Path, device: str = "cpu") -> nn.Module:
+    """The trained backbone, in eval mode, from a run folder, a ``.safetensors`` export, or a
+    torchvision ``.pt`` export (with its ``.json`` sidecar); ``.selfsup_info`` holds image size,
+    mean and std, and ``.selfsup_info.preprocess()`` maps uint8 images to its input."""
+    from selfsup.handoff import load_encoder as _load_encoder
+
+    return _load_encoder(run_dir_or_file, device=device)
 
 
 def preview(data: str = "fashion-mnist", out: str | Path = "preview.png", method: str = "byol",
@@ -238,6 +428,46 @@ def preview(data: str = "fashion-mnist", out: str | Path = "preview.png", method
     resolved = resolve(cfg, split.train.image_size)
     views = training_views(build_method(cfg, resolved, split.train.channels), resolved)
     return save_preview(split.train, views, out, n=n, seed=seed)
+
+
+def report(run_dir: str | Path, html: bool = True, device: str = "auto", max_points: int = 2000,
+           max_gallery: int | None = 10000, embedding: str = "auto", queries: int = 8, neighbors: int = 8,
+           seed: int = 0, progress: bool = True) -> Any:
+    """Write PNG plots of ``metrics.jsonl`` and (with ``html``) a self-contained ``index.html``
+    into ``RUN_DIR/report/``; returns a ``ReportResult`` (``.plots``, ``.images``, ``.html``, ``.notes``).
+
+    The page adds a 2-D map of at most ``max_points`` test embeddings (``embedding``: auto = UMAP
+    when ``umap-learn`` is installed, else t-SNE), ``queries`` retrieval queries with their
+    ``neighbors`` nearest training images (among at most ``max_gallery``), the augmentation preview,
+    and the tables of ``summary.json`` and ``eval/*.json``.
+    """
+    from selfsup.reporting.report import build_report
+
+    return build_report(run_dir, html=html, device=device, max_points=max_points, max_gallery=max_gallery,
+                        embedding=embedding, n_queries=queries, k=neighbors, seed=seed, progress=progress)
+
+
+def compare(run_dirs: Sequence[str | Path], out: str | Path = "compare.png",
+            metrics: Sequence[str] | str | None = None, x: str = "step") -> Any:
+    """Overlay several runs in one PNG: one panel per metric, one line per run, legend = folder names.
+
+    ``metrics`` (list or comma-separated; default loss, std_scaled, rankme, knn_top1) are
+    ``metrics.jsonl`` keys; ``*_top1`` scores in ``summary.json`` are marked as final points.
+    ``x``: ``step`` or ``epoch``. Returns a ``CompareResult`` (``.path``, ``.labels``, ``.metrics``).
+    """
+    from selfsup.reporting.plots import write_compare
+
+    if isinstance(metrics, str):
+        metrics = [m for m in metrics.split(",") if m.strip()]
+    for run_dir in run_dirs:
+        if not (Path(run_dir) / "metrics.jsonl").exists():
+            raise ConfigError(f"RUN_DIR: {run_dir} is not a run folder (no metrics.jsonl)")
+    if x not in ("step", "epoch"):
+        raise ConfigError(f"--x: choose step or epoch, got {x!r}")
+    try:
+        return write_compare(run_dirs, out, metrics=metrics, x=x)
+    except ValueError as err:
+        raise ConfigError(f"--metrics: {err}") from err
 
 
 DEMO_SETTINGS: dict[str, Any] = {"method": "byol", "backbone": "resnet18", "width": 0.25, "epochs": 5,

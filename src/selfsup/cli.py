@@ -1,4 +1,5 @@
-"""Command-line interface: ``selfsup train | eval | demo | preview``, mirroring ``selfsup.api``.
+"""Command-line interface: ``selfsup train | eval | demo | preview | export | embed | report | compare``,
+mirroring ``selfsup.api``.
 
 Every ``TrainConfig`` field is a ``train`` flag (``batch_size`` -> ``--batch-size``), and so is
 every method hyperparameter (``tau_base`` -> ``--tau-base``). Bad options exit with code 2 and a
@@ -26,6 +27,12 @@ _HELP = {
     "out": "run folder (default runs/METHOD-DATA-TIME)",
     "width": "width multiplier of the backbone (0.25 for CPU-sized runs)",
     "small_stem": "3x3 stride-1 stem without max-pool (default: on for images <= 64 px)",
+    "grad_checkpointing": "recompute each ResNet stage during backward instead of storing its activations "
+                          "(less GPU memory for large backbones/images, about one extra forward of compute)",
+    "devices": "train on N processes (N GPUs of this machine, or N CPU processes), started through torchrun; "
+               "--batch-size stays the global batch",
+    "sync_bn": "BatchNorm statistics over the global batch when on several processes (default: the method's; "
+               "on for all but moco)",
 }
 
 
@@ -65,10 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in TRAIN_FIELDS:
             _add_field(group, name, hint, None)
 
-    ev = sub.add_parser("eval", help="score a run's frozen encoder against random-init and raw pixels")
+    from selfsup.evaluation.protocols import DEFAULT_EPOCHS, PROTOCOLS
+
+    ev = sub.add_parser("eval", help="score a run's encoder by a paper protocol, beside a random-init encoder")
     ev.add_argument("run_dir")
-    ev.add_argument("--protocol", default="knn", help=f"one of: {', '.join(PROTOCOLS_FROZEN)}")
-    ev.add_argument("--data", default=None, help="data spec (default: the run's)")
+    ev.add_argument("--protocol", default="knn", help=f"one of: {', '.join(PROTOCOLS)} (semi:P% takes any P)".replace("%", "%%"))
+    ev.add_argument("--data", default=None, help="data spec (default: the run's; transfer: the target, default digits)")
+    ev.add_argument("--epochs", type=int, default=None,
+                    help="epochs of every trained protocol (default, CPU-sized: "
+                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
+    ev.add_argument("--batch-size", type=int, default=None, help="training batch of trained protocols (default: 256)")
+    ev.add_argument("--lr", type=float, default=None,
+                    help="peak lr for batch 256 (default: linear-aug 0.5, fine-tune/semi/supervised/transfer 0.05)")
+    ev.add_argument("--episodes", type=int, default=None, help="few-shot episodes (default: 600)")
+    ev.add_argument("--ways", type=int, default=None, help="few-shot classes per episode (default: 5)")
+    ev.add_argument("--shots", type=lambda t: tuple(int(x) for x in t.split(",")), default=None,
+                    help="few-shot support images per class, comma list (default: 1,5)")
+    ev.add_argument("--queries", type=int, default=None, help="few-shot queries per class (default: 15)")
+    ev.add_argument("--metric", default=None, help="few-shot prototype distance: euclidean (default) or cosine")
+    ev.add_argument("--transfer-data", default=None, help="transfer / cross-domain few-shot target inside all "
+                                                          "(default: digits; fashion-mnist for a digits run)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
@@ -88,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("-n", type=int, default=8)
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("--data-root", default=None)
+
+    from selfsup.handoff.cli import add_parsers as add_handoff_parsers
+
+    add_handoff_parsers(sub)  # export, embed
+    from selfsup.reporting.cli import add_parsers as add_reporting_parsers
+
+    add_reporting_parsers(sub)  # report, compare
     return parser
 
 
@@ -124,7 +154,11 @@ def _report_summary(summary: dict[str, Any]) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from selfsup.api import train
 
-    _report_summary(train(**{k: v for k, v in vars(args).items() if k != "command" and v is not None}))
+    from selfsup.train.distributed import launched_by_torchrun
+
+    summary = train(**{k: v for k, v in vars(args).items() if k != "command" and v is not None})
+    if (args.devices or 1) == 1 or launched_by_torchrun():  # with --devices N, rank 0 of the N reported it
+        _report_summary(summary)
     return 0
 
 
@@ -140,10 +174,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from selfsup.api import evaluate
 
+    from selfsup.evaluation.protocols import format_result
+
+    options = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "episodes", "ways", "shots", "queries",
+                                             "metric", "transfer_data")}
     result = evaluate(args.run_dir, protocol=args.protocol, data=args.data, device=args.device,
-                      progress=args.progress)
-    print(f"{args.protocol} on {result['data']} ({result['test_images']} test images)")
-    print_scores(result, [args.protocol])
+                      progress=args.progress, **options)
+    if result["protocol"] == "all":
+        print(f"\nall protocols on {result['data']} ({result['test_images']} test images), "
+              f"{result['seconds']:.0f} s; top-1 % (few-shot: mean ± 95% CI)")
+        print(result["text"])
+        print(f"written: {', '.join(result['files'])}")
+    else:
+        print(f"{result['protocol']} on {result['data']} ({result['test_images']} test images)")
+        print(format_result(result))
     return 0
 
 
@@ -158,14 +202,40 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``selfsup ...``; under torchrun only rank 0 prints (messages, summary), the others stay quiet."""
+    import contextlib
+    import os
+
+    from selfsup.train.distributed import env_rank
+
+    if env_rank() == 0:
+        return _main(argv)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done; 2 bad option, unusable data or unsafe/corrupt checkpoint (argparse's own
+    errors too); 3 NaN/Inf loss; 130 interrupted (Ctrl-C, SIGTERM), with the resume command."""
+    from selfsup.train.checkpoint import CheckpointError
+    from selfsup.train.distributed import DistributedRunFailed
     from selfsup.train.loop import NonFiniteLoss, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     commands = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "preview": _cmd_preview}
+    from selfsup.handoff.cli import COMMANDS as HANDOFF_COMMANDS
+
+    commands.update(HANDOFF_COMMANDS)
+    from selfsup.reporting.cli import COMMANDS as REPORTING_COMMANDS
+
+    commands.update(REPORTING_COMMANDS)
     try:
         return commands[args.command](args)
-    except (ConfigError, DataSpecError) as err:
-        print(f"selfsup {args.command}: error: {err}", file=sys.stderr)
+    except (ConfigError, DataSpecError, CheckpointError) as err:
+        message = " ".join(str(err).split())
+        if isinstance(err, DataSpecError) and not message.startswith("--"):
+            message = f"--data: {message}"
+        print(f"selfsup {args.command}: error: {message}", file=sys.stderr)
         return 2
     except TrainingInterrupted as err:
         run_dir = err.checkpoint.parent.parent if err.checkpoint else "RUN_DIR"
@@ -173,5 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"  selfsup train --out {run_dir} --resume", file=sys.stderr)
         return 130
     except NonFiniteLoss as err:
-        print(f"selfsup train: error: {err}", file=sys.stderr)
+        print(f"selfsup {args.command}: error: {err}", file=sys.stderr)
         return 3
+    except DistributedRunFailed as err:  # --devices N: the processes printed why; pass on rank 0's code
+        return err.returncode
+    except KeyboardInterrupt:  # Ctrl-C outside the training steps (loading data, evaluating)
+        from pathlib import Path
+
+        out = getattr(args, "out", None)
+        hint = ""
+        if args.command == "train" and out and (Path(out) / "checkpoints" / "last.pt").exists():
+            hint = f" Resume with:\n  selfsup train --out {out} --resume"
+        print(f"\nselfsup {args.command}: interrupted.{hint}", file=sys.stderr)
+        return 130

@@ -46,6 +46,7 @@ class TrainConfig:
     method: str = "byol"
     data: str = "fashion-mnist"
     subset: int | None = None
+    holdout_classes: str | None = None  # e.g. "5-9" or "7,8,9": class indices removed from the training split (few-shot)
     data_root: str | None = None
     image_size: int | None = None
     backbone: str = "resnet18"
@@ -59,15 +60,21 @@ class TrainConfig:
     lr: float | None = None  # base learning rate for batch 256; scaled linearly with batch size
     weight_decay: float | None = None
     warmup_epochs: float | None = None
+    lars_eta: float | None = None  # LARS trust coefficient (paper 1e-3; small recipe 0.02 with clipping)
     crop_scale_min: float | None = None
     augment_off: str | None = None  # comma list of AUGMENT_OFF names, e.g. "blur,solarize" or "crop_only"
     seed: int = 0
     out: str | None = None
     device: str = "auto"
+    devices: int = 1  # processes (GPUs, or CPU processes) to train on; >1 starts them through torchrun
+    sync_bn: bool | None = None  # BatchNorm over the global batch when distributed; None: the method's default
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False
+    grad_checkpointing: bool = False  # recompute each backbone stage in backward: less memory, ~1 extra forward
     log_every: int = 10
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: once per epoch
+    online_probe: bool = True  # linear classifier on detached features during training (needs labels)
+    knn_every: int = 0  # epochs between kNN checks on the test split during training; 0: never
     eval_after: bool = True  # kNN + linear probe (and random-init / raw-pixel baselines) at the end
     progress: bool = True
     resume: bool = False
@@ -102,10 +109,20 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.optimizer is None or cfg.optimizer in OPTIMIZERS, "optimizer",
            f"unknown optimizer {cfg.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     _check(cfg.precision in ("auto", "fp32", "bf16"), "precision", "choose from auto, fp32, bf16")
+    _check(cfg.devices >= 1, "devices", f"must be a positive integer, got {cfg.devices}")
+    _check(cfg.batch_size % cfg.devices == 0, "batch_size",
+           f"the global batch {cfg.batch_size} does not split evenly over --devices {cfg.devices}")
     _check(cfg.epochs > 0, "epochs", f"must be a positive integer, got {cfg.epochs}")
     _check(cfg.batch_size > 1, "batch_size", f"must be at least 2, got {cfg.batch_size}")
     _check(cfg.width > 0, "width", f"must be positive, got {cfg.width}")
     _check(cfg.subset is None or cfg.subset > 0, "subset", f"must be positive, got {cfg.subset}")
+    if cfg.holdout_classes is not None:
+        from selfsup.data.sources import parse_class_list
+
+        try:
+            parse_class_list(cfg.holdout_classes)
+        except ValueError as e:
+            raise ConfigError(f"--holdout-classes: {e}") from e
     _check(cfg.image_size is None or cfg.image_size >= 4, "image_size", f"must be at least 4, got {cfg.image_size}")
     _check(cfg.lr is None or cfg.lr > 0, "lr", f"must be positive, got {cfg.lr}")
     _check(cfg.weight_decay is None or cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
@@ -115,6 +132,9 @@ def validate(cfg: TrainConfig) -> None:
         _check(not name or name in AUGMENT_OFF, "augment_off",
                f"unknown augmentation {name!r}; choose from {', '.join(AUGMENT_OFF)}")
     _check(cfg.log_every > 0, "log_every", f"must be positive, got {cfg.log_every}")
+    _check(not cfg.grad_checkpointing or cfg.backbone.startswith("resnet"), "grad_checkpointing",
+           f"is implemented for the ResNet backbones, not {cfg.backbone!r}")
+    _check(cfg.knn_every >= 0, "knn_every", "must be >= 0")
     _check(cfg.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
     _check(not (cfg.resume and cfg.overwrite), "resume", "cannot be combined with --overwrite")
     known = {f.name for f in dataclasses.fields(METHODS[cfg.method].Config)}
@@ -137,6 +157,8 @@ class Resolved:
     lr: float
     weight_decay: float
     warmup_epochs: float
+    lars_eta: float
+    lars_clip: bool
     method_options: dict[str, Any]
 
 
@@ -164,6 +186,8 @@ def resolve(cfg: TrainConfig, native_image_size: int) -> Resolved:
         lr=base_lr * cfg.batch_size / 256,
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else optim["weight_decay"],
         warmup_epochs=cfg.warmup_epochs if cfg.warmup_epochs is not None else optim["warmup_epochs"],
+        lars_eta=cfg.lars_eta if cfg.lars_eta is not None else optim.get("lars_eta", 1e-3),
+        lars_clip=optim.get("lars_clip", False),
         method_options=options,
     )
 

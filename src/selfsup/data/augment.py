@@ -52,12 +52,14 @@ Images for which an op is not selected are left bit-identical by that op.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
+from selfsup.data.transfer import to_device
 from selfsup.data.views import ViewSpec
 
 __all__ = [
@@ -114,7 +116,8 @@ class AugmentParams:
         return self.crop.shape[0]
 
     def to(self, device: torch.device | str) -> "AugmentParams":
-        return AugmentParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        """The same parameters on ``device``, copied without a host-device synchronisation."""
+        return AugmentParams(**{f.name: to_device(getattr(self, f.name), device) for f in fields(self)})
 
 
 def _check_generator(generator: torch.Generator) -> None:
@@ -280,7 +283,7 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     h, s, v = hsv.unbind(1)
     h6 = h.unsqueeze(1) * 6.0
-    n = torch.tensor([5.0, 3.0, 1.0], device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)  # 5, 3, 1
     k = torch.remainder(n + h6, 6.0)
     mix = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return (v.unsqueeze(1) * (1.0 - s.unsqueeze(1) * mix)).clamp_(0.0, 1.0)
@@ -336,10 +339,15 @@ def solarize(x: torch.Tensor, apply: torch.Tensor, threshold: float) -> torch.Te
 
 
 def _apply_subset(x: torch.Tensor, mask: torch.Tensor, fn, *per_image: torch.Tensor) -> torch.Tensor:
-    """Apply ``fn`` to the images selected by ``mask`` only; the others stay bit-identical."""
+    """Apply ``fn`` to the images selected by ``mask`` only; the others stay bit-identical.
+
+    ``mask`` should live on the CPU (it is drawn there): the selected indices are then found
+    without a device synchronisation and copied to the images' device asynchronously.
+    """
     idx = mask.nonzero().squeeze(1)
     if idx.numel() == 0:
         return x
+    idx = to_device(idx, x.device)
     out = fn(x.index_select(0, idx), *(p.index_select(0, idx) for p in per_image))
     return x.index_copy(0, idx, out)
 
@@ -361,6 +369,9 @@ def apply_params(images: torch.Tensor, spec: ViewSpec, params: AugmentParams) ->
     # copy/flip instead of a resampling that would differ from the input by float rounding.
     identity_geometry = height == width == spec.size and bool((params.crop.cpu() == full).all())
     p = params.to(x.device)
+    # Which images each op selects is read from the CPU copy of the parameters, so finding them
+    # never waits for the device (a ``nonzero`` on a CUDA mask would stall the host every op).
+    host = params if params.crop.device.type == "cpu" else params.to("cpu")
     channels = x.shape[1]
 
     if identity_geometry:
@@ -376,17 +387,17 @@ def apply_params(images: torch.Tensor, spec: ViewSpec, params: AugmentParams) ->
     }
     if spec.jitter_p > 0 and any(enabled for _, _, enabled in ops.values()):
         for position in range(4):
-            at = p.order[:, position]
+            at = host.order[:, position]
             for op_index, (fn, factor, enabled) in ops.items():
                 if enabled:
-                    x = _apply_subset(x, p.jitter_apply & (at == op_index), fn, factor)
+                    x = _apply_subset(x, host.jitter_apply & (at == op_index), fn, factor)
 
     if channels == 3 and spec.grayscale_p > 0:
-        x = _apply_subset(x, p.gray, lambda y: rgb_to_grayscale(y).expand(-1, 3, -1, -1))
+        x = _apply_subset(x, host.gray, lambda y: rgb_to_grayscale(y).expand(-1, 3, -1, -1))
 
     if spec.blur_p > 0:
         k = blur_kernel_size(spec)
-        x = _apply_subset(x, p.blur_apply, lambda y, s: gaussian_blur(y, s, k), p.sigma)
+        x = _apply_subset(x, host.blur_apply, lambda y, s: gaussian_blur(y, s, k), p.sigma)
 
     if spec.solarize_p > 0:
         x = solarize(x, p.solarize, spec.solarize_threshold)
@@ -410,9 +421,18 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     c = x.shape[-3]
     if len(mean) != c or len(std) != c:
         raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {c} channels")
-    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(c, 1, 1)
-    s = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(c, 1, 1)
+    m, s = _channel_constants(tuple(float(v) for v in mean), tuple(float(v) for v in std), x.device, x.dtype)
     return (x - m) / s
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                       dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as ``[C, 1, 1]`` tensors on ``device``, copied there once (not every step)."""
+    c = len(mean)
+    m = to_device(torch.tensor(mean, dtype=dtype), device).view(c, 1, 1)
+    s = to_device(torch.tensor(std, dtype=dtype), device).view(c, 1, 1)
+    return m, s
 
 
 def to_float(images_uint8: torch.Tensor, size: int | None = None) -> torch.Tensor:

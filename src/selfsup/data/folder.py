@@ -206,31 +206,52 @@ def _fingerprint(root: Path, files: list[Path], size: int) -> str:
 
 
 def _decode_all(files: list[Path], size: int, progress: bool, workers: int | None,
-                desc: str) -> tuple[list[np.ndarray | None], list[bool], list[str]]:
+                desc: str, decode_device: str = "auto") -> tuple[list[np.ndarray | None], list[bool], list[str]]:
     """Decode in a thread pool (Pillow releases the GIL while decoding and resizing).
 
-    Returns per file: the pixels (``None`` when skipped), whether it is gray, the skip reason.
+    With CUDA (``decode_device="auto"``), plain JPEGs are first decoded on the GPU in batches
+    (:mod:`selfsup.data.gpu_decode`); whatever that does not take, or any error there, goes through
+    the CPU path. Returns per file: the pixels (``None`` when skipped), whether it is gray, the skip
+    reason.
     """
     if workers is None:
         workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                    else os.cpu_count() or 1)
-    arrays: list[np.ndarray | None] = []
-    gray: list[bool] = []
-    reasons: list[str] = []
+    arrays: list[np.ndarray | None] = [None] * len(files)
+    gray: list[bool] = [False] * len(files)
+    reasons: list[str] = [""] * len(files)
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
             tqdm(total=len(files), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         # decode_image's own pixel-count check reports bombs; keep PIL's warning quiet
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        for arr, is_gray, reason in pool.map(lambda p: _decode_or_reason(str(p), size), files):
-            arrays.append(arr)
-            gray.append(is_gray)
-            reasons.append(reason)
+        on_gpu = _decode_on_gpu(files, size, decode_device, pool, bar)
+        for i, (arr, is_gray) in on_gpu.items():
+            arrays[i], gray[i] = arr, is_gray
+        rest = [i for i in range(len(files)) if i not in on_gpu]
+        for i, (arr, is_gray, reason) in zip(rest, pool.map(lambda i: _decode_or_reason(str(files[i]), size), rest)):
+            arrays[i], gray[i], reasons[i] = arr, is_gray, reason
             bar.update(1)
     return arrays, gray, reasons
 
 
+def _decode_on_gpu(files: list[Path], size: int, decode_device: str, pool: ThreadPoolExecutor,
+                   bar: tqdm) -> dict[int, tuple[np.ndarray, bool]]:
+    """The GPU first pass (CUDA only); an empty result -- everything to the CPU -- on any error."""
+    from selfsup.data.gpu_decode import decode_jpegs, gpu_decode_enabled
+
+    if not gpu_decode_enabled(decode_device):
+        return {}
+    device = "cuda" if decode_device == "auto" else decode_device
+    try:
+        return decode_jpegs([str(f) for f in files], size, device=device, pool=pool, on_done=bar.update)
+    except Exception as e:  # no usable GPU decoder after all: the CPU path decodes everything
+        warnings.warn(f"GPU JPEG decoding unavailable ({type(e).__name__}: {e}); decoding on the CPU", stacklevel=3)
+        bar.reset(total=len(files))
+        return {}
+
+
 def _build(root: Path, size: int, progress: bool, workers: int | None, files: list[Path],
-           split_dirs: tuple[Path, Path] | None) -> dict:
+           split_dirs: tuple[Path, Path] | None, decode_device: str = "auto") -> dict:
     """Decode ``files`` and assemble the cache record (plain tensors, lists and strings)."""
     skipped: list[tuple[str, str]] = []
     in_test: list[bool] = []
@@ -244,7 +265,7 @@ def _build(root: Path, size: int, progress: bool, workers: int | None, files: li
             class_of.append(_class_of(f, root))
         in_test.append(test)
 
-    arrays, gray, reasons = _decode_all(files, size, progress, workers, f"decoding {root.name}")
+    arrays, gray, reasons = _decode_all(files, size, progress, workers, f"decoding {root.name}", decode_device)
     usable = [i for i in range(len(files)) if not reasons[i]]
     labeled = any(class_of[i] is not None for i in usable)
     classes = sorted({class_of[i] for i in usable if class_of[i] is not None})
@@ -296,8 +317,14 @@ def _to_split(record: dict, name: str, note: str) -> DataSplit:
 
 def load_folder(path: str | Path, *, image_size: int | None = None,
                 cache_dir: str | Path | None = None, progress: bool = True,
-                workers: int | None = None) -> DataSplit:
+                workers: int | None = None, decode_device: str = "auto") -> DataSplit:
     """Load the image tree at ``path`` (see the module docstring); unusable files go to ``skipped``.
+
+    ``decode_device``: ``"auto"`` decodes plain JPEGs on the GPU when CUDA is available (the rest,
+    and everything on any GPU error, on the CPU; ``SELFSUP_GPU_DECODE=0`` switches it off),
+    ``"cpu"`` never uses the GPU, ``"cuda:N"`` names the GPU. Only the first pass decodes; the
+    cache key does not depend on the decoder (GPU-decoded pixels differ from the CPU decode by a
+    few levels).
 
     Raises :class:`FolderError` when the folder is missing or holds no usable image.
     """
@@ -325,7 +352,7 @@ def load_folder(path: str | Path, *, image_size: int | None = None,
         except Exception as e:  # corrupt or foreign cache: rebuild it
             warnings.warn(f"ignoring unreadable cache {cache_file}: {e}", stacklevel=2)
 
-    record = _build(root, size, progress, workers, files, split_dirs)
+    record = _build(root, size, progress, workers, files, split_dirs, decode_device)
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")

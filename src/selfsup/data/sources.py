@@ -227,6 +227,42 @@ def _resize(ds: ImageDataset, size: int, chunk: int = 4096) -> ImageDataset:
                         paths=ds.paths)
 
 
+def parse_class_list(text: str) -> list[int]:
+    """``"7,8,9"`` or ``"5-9"`` (or a mix, ``"0,5-7"``) -> sorted distinct class indices."""
+    out: set[int] = set()
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        low, dash, high = part.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"bad class list {text!r}: use indices and ranges such as '7,8,9' or '5-9'")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first:
+            raise ValueError(f"bad class range {part!r} in {text!r}")
+        out.update(range(first, last + 1))
+    if not out:
+        raise ValueError(f"empty class list {text!r}")
+    return sorted(out)
+
+
+def exclude_classes(split: DataSplit, classes: list[int] | str, spec: str) -> DataSplit:
+    """Remove every training image of ``classes`` (indices); the test split is left whole."""
+    held = parse_class_list(classes) if isinstance(classes, str) else sorted(set(int(c) for c in classes))
+    if split.train.labels is None:
+        raise DataSpecError(f"--holdout-classes: data {spec!r} has no labels")
+    n_classes = len(split.train.classes) or int(split.train.labels.max()) + 1
+    bad = [c for c in held if c < 0 or c >= n_classes]
+    if bad:
+        raise DataSpecError(f"--holdout-classes: {bad} out of range; data {spec!r} has classes 0..{n_classes - 1}")
+    keep = ~torch.isin(split.train.labels, torch.tensor(held, dtype=split.train.labels.dtype))
+    if not bool(keep.any()):
+        raise DataSpecError(f"--holdout-classes: holding out {held} leaves no training image in {spec!r}")
+    names = [split.train.classes[c] if c < len(split.train.classes) else str(c) for c in held]
+    return DataSplit(train=split.train.select(keep.nonzero().squeeze(1)), test=split.test,
+                     source=f"{split.source}; train without held-out classes {held} ({', '.join(names)})",
+                     skipped=split.skipped)
+
+
 def _take_subset(split: DataSplit, subset: int, seed: int, spec: str) -> DataSplit:
     n = len(split.train)
     if isinstance(subset, bool) or not isinstance(subset, int) or subset <= 0:
@@ -244,13 +280,17 @@ def _take_subset(split: DataSplit, subset: int, seed: int, spec: str) -> DataSpl
 
 def load_data(spec: str, *, subset: int | None = None, seed: int = 0,
               root: str | Path | None = None, cache_dir: str | Path | None = None,
-              image_size: int | None = None, progress: bool = True) -> DataSplit:
+              image_size: int | None = None, progress: bool = True,
+              holdout_classes: list[int] | str | None = None) -> DataSplit:
     """Load the data named by ``spec`` (one of :data:`DATA_SPECS`).
 
     ``root``: where Fashion-MNIST is looked for first. ``cache_dir``: the decoded-image cache of
     ``folder:`` sources (default ``~/.cache/selfsup/folders``). ``image_size``: square output size
     (``folder:`` default 64; built-in datasets keep their native size unless given).
     ``subset``: keep a ``seed``-drawn sample of that many training images (test untouched).
+    ``holdout_classes``: class indices (or ``"7,8,9"``, ``"5-9"``) whose images are removed from
+    the training split *before* ``subset`` is drawn -- pretraining never sees them, and the
+    few-shot protocol evaluates on exactly them (test split untouched).
     Raises :class:`DataSpecError` with a one-line message on any bad spec or unusable data.
     """
     text = spec.strip() if isinstance(spec, str) else ""
@@ -276,6 +316,13 @@ def load_data(spec: str, *, subset: int | None = None, seed: int = 0,
         size = int(image_size)
         split = DataSplit(train=_resize(split.train, size), test=_resize(split.test, size),
                           source=f"{split.source}; resized to {size}px", skipped=split.skipped)
+    if holdout_classes is not None:
+        try:
+            split = exclude_classes(split, holdout_classes, text)
+        except ValueError as e:
+            if isinstance(e, DataSpecError):
+                raise
+            raise DataSpecError(f"--holdout-classes: {e}") from e
     if subset is not None:
         split = _take_subset(split, subset, seed, text)
     return split

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from selfsup.methods.base import Method, StepOutput
-from selfsup.methods.losses import byol_loss, nt_xent_loss
+from selfsup.methods.distributed import gather_with_grad, rank
+from selfsup.methods.losses import byol_loss, nt_xent_gathered_loss
 from selfsup.methods.momentum import cosine_tau, ema_update, frozen_copy
 from selfsup.models.heads import mlp
 
@@ -48,7 +49,8 @@ class BYOL(Method):
     OPTIMIZER = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1.5e-6, "warmup_epochs": 10}
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 1024, "projection_dim": 128,
                           "predictor_hidden_dim": 1024, "tau_base": 0.99}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 1.0, "weight_decay": 1e-5, "warmup_epochs": 1}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 1.0, "weight_decay": 1e-5, "warmup_epochs": 1,
+                             "lars_eta": 0.02, "lars_clip": True}
 
     def __init__(self, encoder: nn.Module, config: BYOLConfig) -> None:
         super().__init__(encoder, config)
@@ -82,8 +84,12 @@ class BYOL(Method):
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
         metrics = {"byol_loss": loss.detach()}
         if self.config.negatives_beta:
-            contrastive = nt_xent_loss(p1, t2, self.config.negatives_temperature) + \
-                nt_xent_loss(p2, t1, self.config.negatives_temperature)
+            # NT-Xent of the local anchors against the global batch: on one process this is
+            # nt_xent_loss(p1, t2) + nt_xent_loss(p2, t1); on several its mean over processes is.
+            temperature, offset = self.config.negatives_temperature, rank() * p1.shape[0]
+            all_p1, all_p2, all_t1, all_t2 = (gather_with_grad(x) for x in (p1, p2, t1, t2))
+            contrastive = nt_xent_gathered_loss(p1, t2, all_p1, all_t2, offset, temperature) + \
+                nt_xent_gathered_loss(p2, t1, all_p2, all_t1, offset, temperature)
             metrics["contrastive_loss"] = contrastive.detach()
             loss = loss + self.config.negatives_beta * contrastive
         return StepOutput(loss=loss, embeddings=(z1.detach(), z2.detach()), features=y1.detach(),

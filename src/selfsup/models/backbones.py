@@ -15,13 +15,17 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from selfsup.models.checkpointing import run_checkpointed
 from selfsup.models.norm import NORMS, make_norm, standardize_convs
+from selfsup.models.vit import VIT_CONFIGS, ViTBackbone, build_vit
 
 BACKBONES: dict[str, tuple[type[nn.Module], list[int]]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
+# Vision Transformers (models/vit.py): (class, [layers, heads, hidden, mlp]); ``norm`` does not apply.
+BACKBONES.update({name: (ViTBackbone, list(spec)) for name, spec in VIT_CONFIGS.items()})
 
 
 class ResNetBackbone(ResNet):
@@ -57,20 +61,40 @@ class ResNetBackbone(ResNet):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    grad_checkpointing: bool = False  # recompute each stage (layer1..4) in backward; see models/checkpointing.py
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.grad_checkpointing:
+            return super()._forward_impl(x)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = run_checkpointed(stage, x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self._forward_impl(x), 1)
 
 
 def build_backbone(name: str = "resnet18", *, width: float = 1.0, in_channels: int = 3,
-                   small_stem: bool = False, norm: str = "batchnorm") -> ResNetBackbone:
-    """Build a backbone by name; ``norm`` is one of ``NORMS`` (``groupnorm_ws`` also standardises convs)."""
+                   small_stem: bool = False, norm: str = "batchnorm",
+                   grad_checkpointing: bool = False) -> ResNetBackbone | ViTBackbone:
+    """Build a backbone by name; ``norm`` is one of ``NORMS`` (``groupnorm_ws`` also standardises convs).
+
+    ``grad_checkpointing`` (ResNets) recomputes each stage during backward instead of storing its
+    activations: less memory for large backbones/images, about one extra forward of compute.
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    if grad_checkpointing and name in VIT_CONFIGS:
+        raise ValueError(f"gradient checkpointing is implemented for the ResNet backbones, not {name!r}")
+    if name in VIT_CONFIGS:
+        return build_vit(name, width=width, in_channels=in_channels, small_stem=small_stem)
     block, layers = BACKBONES[name]
     model = ResNetBackbone(block, layers, width=width, in_channels=in_channels,
                            small_stem=small_stem, norm_layer=lambda c: make_norm(norm, c, dims=2))
     if norm == "groupnorm_ws":
         standardize_convs(model)
+    model.grad_checkpointing = grad_checkpointing
     return model
 
 

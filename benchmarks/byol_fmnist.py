@@ -1,0 +1,50 @@
+"""BYOL on Fashion-MNIST under the CPU protocol; prints one JSON object.
+
+Protocol (issue 2): ResNet-18 at width 0.25, small-image stem, 10,000 training images, 5 epochs,
+batch 256; kNN (k=200, T=0.1) and linear top-1 on the 10,000 test images, against a random-init
+encoder of the same architecture and raw pixels; images/s and peak memory.
+
+    python benchmarks/byol_fmnist.py [--recipe small|paper] [--epochs 5] [--out runs/bench-byol]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+from selfsup.api import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--method", default="byol")
+    parser.add_argument("--recipe", default="small")
+    parser.add_argument("--subset", type=int, default=10000)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/bench-byol-fmnist")
+    args = parser.parse_args()
+    summary = train(method=args.method, data="fashion-mnist", subset=args.subset, backbone="resnet18",
+                    width=args.width, epochs=args.epochs, batch_size=args.batch_size, recipe=args.recipe,
+                    seed=args.seed, out=args.out, overwrite=True, progress=False)
+    keys = ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1", "raw_pixels_knn_top1",
+            "raw_pixels_linear_top1", "images_per_second", "seconds", "peak_memory_mb", "device", "steps")
+    print(json.dumps({
+        "benchmark": "byol_fmnist", "method": args.method, "recipe": args.recipe, "subset": args.subset,
+        "epochs": args.epochs, "batch_size": args.batch_size, "width": args.width, "seed": args.seed,
+        **{k: summary[k] for k in keys},
+        "final_std_scaled": summary["final_metrics"].get("std_scaled"),
+        "final_rankme": summary["final_metrics"].get("rankme"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "versions": summary["versions"],
+        "date": datetime.date.today().isoformat(), "command": " ".join([sys.executable.split('/')[-1], *sys.argv]),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

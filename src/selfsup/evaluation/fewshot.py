@@ -1,0 +1,138 @@
+"""N-way K-shot few-shot evaluation of frozen features with Prototypical Networks.
+
+Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017) classify a query by the nearest
+*class prototype*, the mean embedding of that class's K support examples. Snell et al. use the
+**squared Euclidean distance**, which is the default here (``metric="euclidean"``: logits are
+``-||q - p_c||^2``); ``metric="cosine"`` uses the cosine similarity to the prototypes of
+L2-normalised features instead. The embeddings are the frozen encoder's features, unchanged
+(no fine-tuning, no feature standardisation): this measures the representation itself.
+
+Each episode draws ``n_way`` classes, then ``k_shot`` support and ``n_query`` query images per
+class, disjoint, without replacement (the usual 5-way 1/5-shot, 15 queries per class setting of
+Snell et al. / Vinyals et al. 2016). Accuracy is averaged over ``episodes`` (600 by default) and
+reported with the 95% confidence interval ``1.96 * std / sqrt(episodes)`` where ``std`` is the
+population standard deviation (``ddof=0``, numpy's default, as in the common few-shot code of
+Chen et al. 2019, "A Closer Look at Few-shot Classification").
+
+Episodes come from one CPU generator seeded with ``seed``, so the same seed gives the same
+episodes -- also for different encoders, which are then compared on identical episodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Episode", "FewShotResult", "sample_episode", "prototypes", "prototype_logits", "episode_accuracy",
+           "mean_ci95", "fewshot_eval", "METRICS"]
+
+METRICS = ("euclidean", "cosine")
+
+
+@dataclass
+class Episode:
+    """Indices into the pool and episode-local labels ``0..n_way-1`` (``classes[i]`` is label ``i``)."""
+
+    classes: list[int]
+    support: torch.Tensor
+    support_labels: torch.Tensor
+    query: torch.Tensor
+    query_labels: torch.Tensor
+
+
+@dataclass
+class FewShotResult:
+    """Mean accuracy in [0, 1] over episodes, its 95% confidence half-width, and the setting."""
+
+    mean: float
+    ci95: float
+    std: float
+    episodes: int
+    n_way: int
+    k_shot: int
+    n_query: int
+    metric: str
+
+
+def sample_episode(labels: torch.Tensor, n_way: int, k_shot: int, n_query: int,
+                   generator: torch.Generator, classes: Sequence[int] | None = None) -> Episode:
+    """One episode from ``labels`` (of the pool), restricted to ``classes`` when given."""
+    labels = labels.long().cpu()
+    pool = sorted(int(c) for c in (classes if classes is not None else labels.unique().tolist()))
+    if n_way < 2 or k_shot < 1 or n_query < 1:
+        raise ValueError("need n_way >= 2, k_shot >= 1, n_query >= 1")
+    if len(pool) < n_way:
+        raise ValueError(f"{n_way}-way episodes need {n_way} classes, only {len(pool)} available")
+    chosen = [pool[i] for i in torch.randperm(len(pool), generator=generator)[:n_way].tolist()]
+    support, query = [], []
+    for c in chosen:
+        members = (labels == c).nonzero().squeeze(1)
+        if len(members) < k_shot + n_query:
+            raise ValueError(f"class {c} has {len(members)} images; an episode needs {k_shot + n_query}")
+        pick = members[torch.randperm(len(members), generator=generator)[:k_shot + n_query]]
+        support.append(pick[:k_shot])
+        query.append(pick[k_shot:])
+    local = torch.arange(n_way)
+    return Episode(classes=chosen, support=torch.cat(support), support_labels=local.repeat_interleave(k_shot),
+                   query=torch.cat(query), query_labels=local.repeat_interleave(n_query))
+
+
+def prototypes(support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """Class prototypes ``[n_way, D]``: the mean support embedding of each episode label."""
+    out = torch.zeros(n_way, support.shape[1], dtype=support.dtype)
+    out.index_add_(0, support_labels.long(), support)
+    counts = torch.bincount(support_labels.long(), minlength=n_way).clamp_min(1).to(support.dtype)
+    return out / counts[:, None]
+
+
+def prototype_logits(query: torch.Tensor, protos: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
+    """``[Q, n_way]`` scores: ``-squared Euclidean distance`` or cosine similarity to each prototype."""
+    if metric == "euclidean":
+        return -torch.cdist(query.double(), protos.double()).pow(2)
+    if metric == "cosine":
+        return F.normalize(query.double(), dim=1) @ F.normalize(protos.double(), dim=1).T
+    raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+
+
+def episode_accuracy(features: torch.Tensor, episode: Episode, metric: str = "euclidean") -> float:
+    """Fraction of the episode's queries whose nearest prototype is their class."""
+    feats = features.float()
+    if metric == "cosine":  # prototypes of L2-normalised embeddings
+        feats = F.normalize(feats, dim=1)
+    n_way = len(episode.classes)
+    protos = prototypes(feats[episode.support], episode.support_labels, n_way)
+    pred = prototype_logits(feats[episode.query], protos, metric).argmax(1)
+    return float((pred == episode.query_labels).float().mean())
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """``(mean, 1.96 * std / sqrt(n))`` with the population std (``ddof=0``)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+    return mean, 1.96 * std / math.sqrt(n)
+
+
+def fewshot_eval(features: torch.Tensor, labels: torch.Tensor, n_way: int = 5, k_shot: int = 1,
+                 n_query: int = 15, episodes: int = 600, seed: int = 0, metric: str = "euclidean",
+                 classes: Sequence[int] | None = None) -> FewShotResult:
+    """Mean accuracy and 95% CI of prototype classification over ``episodes`` seeded episodes."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if episodes < 1:
+        raise ValueError("episodes must be >= 1")
+    if features.shape[0] != labels.shape[0]:
+        raise ValueError("features and labels have different lengths")
+    gen = torch.Generator().manual_seed(seed)
+    accs = [episode_accuracy(features, sample_episode(labels, n_way, k_shot, n_query, gen, classes), metric)
+            for _ in range(episodes)]
+    mean, ci = mean_ci95(accs)
+    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
+    return FewShotResult(mean=mean, ci95=ci, std=std, episodes=episodes, n_way=n_way, k_shot=k_shot,
+                         n_query=n_query, metric=metric)

@@ -1,0 +1,241 @@
+"""Train a linear head (and optionally the encoder) with labels on augmented images.
+
+One function, :func:`train_classifier`, serves three evaluation protocols of the papers:
+
+* **linear-aug** (``freeze_encoder=True``): the paper-style linear probe. The encoder is frozen
+  *and in eval mode* (BatchNorm running statistics), the training images are augmented with a
+  random resized crop + horizontal flip only, and a linear classifier is trained with SGD +
+  Nesterov momentum 0.9 and a cosine learning-rate schedule, without weight decay. BYOL (Grill et
+  al. 2020, App. C.1) trains it for 80 epochs, SimCLR (Chen et al. 2020, App. B.6) for 90 and
+  MoCo (He et al. 2020) for 100; the CPU defaults of :mod:`selfsup.evaluation.protocols` are a few
+  epochs.
+* **finetune** (``freeze_encoder=False``): the whole network (a *copy* of the encoder + the linear
+  head) is trained with the same augmentation and optimiser -- the fine-tuning protocol of
+  SimCLR (App. B.5: Nesterov momentum 0.9, lr 0.05 x batch/256, no weight decay, crop + flip
+  only), also used for the semi-supervised tables (1% / 10% of the labels).
+* **supervised**: ``finetune`` from a randomly initialised encoder with all labels.
+
+The head is ``BatchNorm1d(affine=False)`` followed by ``Linear`` (the parameter-free BatchNorm of
+MAE's linear probing, He et al. 2022): it only standardises the features, so the classifier is
+still linear in them (at test time the running statistics fold into the linear layer), but SGD
+then behaves the same whatever the scale of a backbone's features.
+
+Test images are not augmented: the full image, resized to the training size (the small-image
+analogue of the papers' centre crop). Every random draw (epoch order, crop and flip parameters)
+comes from one CPU generator seeded with ``seed``, so a result is reproducible on one machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.data.augment import augment, normalize, to_float
+from selfsup.data.views import ViewSpec
+from selfsup.evaluation.knn import topk_accuracy
+
+__all__ = ["ClassifierSettings", "ClassifierResult", "LinearHead", "crop_flip_spec", "train_classifier",
+           "predict"]
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """Optimisation of a linear-aug / fine-tune / supervised run.
+
+    ``lr`` is the peak learning rate for a batch of 256, scaled linearly with ``batch_size``
+    (SimCLR's rule); the schedule is cosine from the peak to 0 over all steps, without warm-up.
+    """
+
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_p: float = 0.5
+    seed: int = 0
+    eval_batch_size: int = 512
+
+
+@dataclass
+class ClassifierResult:
+    """Accuracies in [0, 1]; ``top5`` is None with 5 classes or fewer (as the linear probe)."""
+
+    top1: float
+    top5: float | None
+    train_top1: float  # on the augmented training batches of the last epoch
+    steps: int
+    train_images: int
+    seconds: float
+    model: nn.Module | None = field(default=None, repr=False)  # encoder + head, eval mode, CPU
+
+
+class LinearHead(nn.Module):
+    """``BatchNorm1d(affine=False)`` + ``Linear``: a linear classifier on standardised features."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False)
+        self.linear = nn.Linear(dim, num_classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x))
+
+
+class _Classifier(nn.Module):
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).flatten(1))
+
+
+def crop_flip_spec(size: int, crop_scale: tuple[float, float] = (0.08, 1.0), flip_p: float = 0.5) -> ViewSpec:
+    """The evaluation augmentation: random resized crop + horizontal flip, every colour op off."""
+    return ViewSpec(size=size, crop_scale=tuple(crop_scale), flip_p=flip_p, jitter_p=0.0, grayscale_p=0.0,
+                    blur_p=0.0, solarize_p=0.0)
+
+
+def _feature_dim(encoder: nn.Module, channels: int, size: int, device: torch.device) -> int:
+    dim = getattr(encoder, "feature_dim", None)
+    if isinstance(dim, int):
+        return dim
+    modes = [(m, m.training) for m in encoder.modules()]
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            return int(encoder(torch.zeros(2, channels, size, size, device=device)).flatten(1).shape[1])
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
+            batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits ``[N, classes]`` (CPU float32) of ``model`` in eval mode on un-augmented ``images``."""
+    device = torch.device(device)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        out = [model(normalize(to_float(images[i:i + batch_size].to(device), size), mean, std)).float().cpu()
+               for i in range(0, images.shape[0], batch_size)]
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def train_classifier(encoder: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
+                     test_images: torch.Tensor, test_labels: torch.Tensor, *, size: int,
+                     mean: Sequence[float], std: Sequence[float], settings: ClassifierSettings,
+                     freeze_encoder: bool, num_classes: int | None = None,
+                     device: torch.device | str = "cpu", keep_model: bool = False,
+                     progress: bool = False, desc: str = "train") -> ClassifierResult:
+    """Train a linear head on ``encoder`` (frozen, or a fine-tuned copy) and test it.
+
+    ``train_images``/``test_images`` are uint8 ``[N, C, H, W]``; training batches are augmented
+    with :func:`crop_flip_spec` at ``size`` and normalised with ``mean``/``std`` (the run's).
+    ``encoder`` itself is never modified: a frozen encoder keeps its weights and its train/eval
+    flags are restored; fine-tuning trains a deep copy. The last batch of an epoch is dropped when
+    incomplete (the batch is clamped to the training-set size, so there is at least one step).
+    """
+    s = settings
+    if s.epochs < 1 or s.batch_size < 2:
+        raise ValueError("epochs must be >= 1 and batch_size >= 2")
+    if train_images.shape[0] < 2:
+        raise ValueError("need at least 2 training images")
+    device = torch.device(device)
+    start_time = time.perf_counter()
+    y_train = train_labels.long()
+    if num_classes is None:
+        num_classes = int(max(int(y_train.max()), int(test_labels.max()) if len(test_labels) else 0)) + 1
+    channels = train_images.shape[1]
+
+    net = encoder if freeze_encoder else copy.deepcopy(encoder)
+    net.to(device)
+    head = LinearHead(_feature_dim(net, channels, size, device), num_classes).to(device)
+    model = _Classifier(net, head)
+    modes = [(m, m.training) for m in encoder.modules()]
+    grads = [(p, p.requires_grad) for p in encoder.parameters()]
+    if freeze_encoder:
+        for p in net.parameters():
+            p.requires_grad_(False)
+        params = list(head.parameters())
+    else:
+        for p in net.parameters():
+            p.requires_grad_(True)
+        params = list(model.parameters())
+
+    n = train_images.shape[0]
+    batch = min(s.batch_size, n)
+    steps_per_epoch = n // batch
+    total = steps_per_epoch * s.epochs
+    lr = s.lr * batch / 256
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=s.momentum, nesterov=s.nesterov,
+                                weight_decay=s.weight_decay)
+    spec = crop_flip_spec(size, s.crop_scale, s.flip_p)
+    gen = torch.Generator().manual_seed(s.seed)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    step, correct, seen = 0, 0, 0
+    try:
+        for epoch in range(s.epochs):
+            order = torch.randperm(n, generator=gen)
+            correct, seen = 0, 0
+            for i in range(steps_per_epoch):
+                idx = order[i * batch:(i + 1) * batch]
+                x = normalize(augment(train_images[idx].to(device), spec, gen), mean, std)
+                y = y_train[idx].to(device)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+                if freeze_encoder:
+                    net.eval()
+                    head.train()
+                    with torch.no_grad():
+                        feats = net(x).flatten(1)
+                    logits = head(feats)
+                else:
+                    model.train()
+                    logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                correct += int((logits.detach().argmax(1) == y).sum())
+                seen += len(y)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        scores = predict(model, test_images, size, mean, std, s.eval_batch_size, device)
+    finally:
+        if bar is not None:
+            bar.close()
+        for p, flag in grads:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+    y_test = test_labels.long()
+    result = ClassifierResult(
+        top1=topk_accuracy(scores, y_test, 1),
+        top5=topk_accuracy(scores, y_test, 5) if num_classes > 5 else None,
+        train_top1=correct / max(seen, 1), steps=step, train_images=n,
+        seconds=time.perf_counter() - start_time)
+    if keep_model and not freeze_encoder:
+        result.model = model.cpu().eval()
+    return result

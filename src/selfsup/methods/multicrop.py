@@ -1,0 +1,39 @@
+"""Multi-crop helpers shared by SwAV, DINO and DeepCluster-v2 (Caron et al. 2020, Sec. 3.2).
+
+The views list is ``[global 1, global 2, local 1, ..., local V]``. Crops of the same size are
+concatenated and encoded in one forward pass (as the official SwAV/DINO code does), so BatchNorm
+sees the crops of one resolution together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from selfsup.data.views import ViewSpec, local_crop_size, multi_crop_views
+
+
+def crop_views(config: Any, size: int, global_views: list[ViewSpec], local_view: ViewSpec) -> list[ViewSpec]:
+    """The views of a method config with ``num_local_crops``, ``global_crop_scale_min``,
+    ``local_crop_scale_min`` and ``local_crop_size_fraction`` (local crops end where global ones start)."""
+    global_min = config.global_crop_scale_min
+    return multi_crop_views(size, local_crop_size(size, config.local_crop_size_fraction), config.num_local_crops,
+                            (global_min, 1.0), (config.local_crop_scale_min, global_min),
+                            global_views=global_views, local_view=local_view)
+
+
+def encode_crops(encoder: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Backbone features of every view, concatenated in view order: ``[sum of batch sizes, D]``.
+
+    Consecutive views of the same spatial size go through the encoder together.
+    """
+    outputs, start = [], 0
+    while start < len(views):
+        end = start + 1
+        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+            end += 1
+        outputs.append(encoder(torch.cat(views[start:end]) if end - start > 1 else views[start]))
+        start = end
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]

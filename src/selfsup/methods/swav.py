@@ -1,0 +1,156 @@
+"""SwAV: Swapping Assignments between multiple Views (Caron et al., NeurIPS 2020).
+
+    z_v = g(f(x_v)) / |g(f(x_v))|             for every crop v (2 global + V local)
+    scores_v = C^T z_v                         C: K prototypes, L2-normalised after each step
+    q_i = Sinkhorn-Knopp(scores_i)             codes of the 2 global crops only, no gradient (Sec. 3.1)
+    loss = 1/2 sum_{i in globals} 1/(V+1) sum_{v != i} -sum_k q_i,k log softmax(scores_v / t)_k  (Eq. 1-3)
+
+Sinkhorn-Knopp: 3 iterations, epsilon 0.05, its sums reduced across processes (``sinkhorn.py``).
+The prototypes get no gradient during the first epoch (``freeze_prototypes_epochs``; the official
+code's ``freeze_prototypes_niters``, 313 iterations = 1 epoch at batch 4096) and are L2-normalised
+after every optimiser step. With small batches a FIFO queue of past global-crop embeddings
+(``queue_size``, one queue per global crop, started at ``queue_start_epoch``) is scored by the current
+prototypes and joins the Sinkhorn problem, so that the equipartition constraint is spread over more
+samples than K (Sec. 4.1, "small batches"); as in the official code it is used once it is full.
+
+Defaults (paper, Sec. 4 and Appendix A, official ``swav_800ep_pretrain.sh``): projector 2048 -> 128
+with BN, 3000 prototypes, temperature 0.1, multi-crop 2 x 224 (0.14, 1) + 6 x 96 (0.05, 0.14),
+no queue at batch 4096 (3840 rows from epoch 15 at batch 256), LARS, lr 4.8 at batch 4096
+(0.3 x batch / 256) with cosine decay, weight decay 1e-6, 10 warm-up epochs, 800 epochs. Views: colour
+distortion of strength 1 (jitter 0.8, 0.8, 0.8, 0.2 with p 0.8, grayscale 0.2) and blur p 0.5 on
+every crop, no solarisation. The small-image recipe is measured on digits (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.data.views import ViewSpec
+from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.distributed import rank, world_size
+from selfsup.methods.multicrop import crop_views, encode_crops
+from selfsup.methods.queue import FeatureQueue
+from selfsup.methods.sinkhorn import sinkhorn_knopp
+from selfsup.models.heads import mlp
+
+# SwAV's colour distortion (strength 1) and blur, the same for every crop (official multicropdataset.py).
+SWAV_VIEW = ViewSpec(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, jitter_p=0.8, grayscale_p=0.2,
+                     blur_p=0.5, solarize_p=0.0)
+
+
+def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
+    """Swapped prediction (Caron et al. 2020, Eq. 1-3): mean over code crops i of the mean over the
+    other crops v != i of the cross-entropy between ``codes[i]`` and ``softmax(scores[v] / t)``.
+
+    ``scores``: prototype scores of every crop (``[B, K]`` each, code crops first); ``codes``: the
+    Sinkhorn codes of the first ``len(codes)`` crops (no gradient).
+    """
+    loss = scores[0].new_zeros(())
+    for i, q in enumerate(codes):
+        sub = scores[0].new_zeros(())
+        for v, s in enumerate(scores):
+            if v != i:
+                sub = sub - (q * F.log_softmax(s / temperature, dim=1)).sum(dim=1).mean()
+        loss = loss + sub / (len(scores) - 1)
+    return loss / len(codes)
+
+
+@dataclass
+class SwAVConfig:
+    """Paper defaults (Caron et al. 2020, Sec. 4, Appendix A; official scripts)."""
+
+    projector_hidden_dim: int = 2048
+    projection_dim: int = 128
+    num_prototypes: int = 3000
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    freeze_prototypes_epochs: float = 1.0
+    queue_size: int = 0  # 0: no queue (batch 4096); the paper's small-batch runs use 3840
+    queue_start_epoch: int = 15
+    num_local_crops: int = 6
+    global_crop_scale_min: float = 0.14  # global crops cover (0.14, 1) of the image
+    local_crop_scale_min: float = 0.05  # local crops cover (0.05, 0.14)
+    local_crop_size_fraction: float = 96 / 224  # local side / global side
+    head_norm: str = "batchnorm"
+
+
+class SwAV(Method):
+    name = "swav"
+    Config = SwAVConfig
+    OPTIMIZER = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
+    SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 64, "num_prototypes": 100,
+                          "num_local_crops": 4, "global_crop_scale_min": 0.3, "local_crop_scale_min": 0.1,
+                          "local_crop_size_fraction": 0.5, "queue_size": 0}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 1.0, "weight_decay": 1e-5, "warmup_epochs": 1}
+
+    def __init__(self, encoder: nn.Module, config: SwAVConfig) -> None:
+        super().__init__(encoder, config)
+        c = config
+        if c.num_local_crops < 0:
+            raise ValueError(f"swav: num_local_crops must be >= 0, got {c.num_local_crops}")
+        self.projector = mlp(self.feature_dim, c.projector_hidden_dim, c.projection_dim, norm=c.head_norm)
+        self.prototypes = nn.Linear(c.projection_dim, c.num_prototypes, bias=False)
+        self.normalize_prototypes()
+        self.queues = nn.ModuleList(FeatureQueue(c.queue_size, c.projection_dim, init="zeros")
+                                    for _ in range(2)) if c.queue_size > 0 else None
+        self.epoch, self.steps_per_epoch = 0, 1
+
+    def views(self, size: int, crop_scale: tuple[float, float]) -> list[ViewSpec]:
+        """2 global + ``num_local_crops`` local crops; their scales come from this method's options."""
+        return crop_views(self.config, size, [SWAV_VIEW, SWAV_VIEW], SWAV_VIEW)
+
+    @torch.no_grad()
+    def normalize_prototypes(self) -> None:
+        self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+
+    def queue_active(self) -> bool:
+        return self.queues is not None and self.epoch >= self.config.queue_start_epoch
+
+    @torch.no_grad()
+    def codes(self, scores: torch.Tensor, crop: int) -> torch.Tensor:
+        """Sinkhorn codes of one global crop's ``[B, K]`` scores, with the queue when it is in use."""
+        c = self.config
+        if not self.queue_active():
+            return sinkhorn_knopp(scores, c.epsilon, c.sinkhorn_iterations)
+        queue = self.queues[crop]
+        # Every process holds the same (gathered) queue; each scores its share of the rows, so the
+        # Sinkhorn sums reduced over processes count every queued row once.
+        rows = queue.items.chunk(world_size())[rank()] if world_size() > 1 else queue.items
+        valid = queue.valid_mask().chunk(world_size())[rank()] if world_size() > 1 else queue.valid_mask()
+        in_use = valid & (queue.filled == queue.size)  # the official code waits for a full queue
+        queued = rows.to(scores.dtype) @ self.prototypes.weight.to(scores.dtype).T
+        weights = torch.cat([in_use.to(scores.dtype), scores.new_ones(scores.shape[0])])
+        return sinkhorn_knopp(torch.cat([queued, scores]), c.epsilon, c.sinkhorn_iterations, weights)[-scores.shape[0]:]
+
+    def training_step(self, views: list[torch.Tensor]) -> StepOutput:
+        if len(views) < 2:
+            raise ValueError(f"swav needs at least 2 views, got {len(views)}")
+        c = self.config
+        features = encode_crops(self.encoder, views)
+        z = F.normalize(self.projector(features), dim=1)
+        scores = list(self.prototypes(z).split([v.shape[0] for v in views]))
+        embeddings = z.split([v.shape[0] for v in views])
+        codes = [self.codes(scores[i].detach(), i) for i in range(2)]
+        loss = swav_loss(scores, codes, c.temperature)
+        if self.queue_active():
+            for i in range(2):
+                self.queues[i].push(embeddings[i].detach())
+        b = views[0].shape[0]
+        return StepOutput(loss=loss, embeddings=(embeddings[0].detach(), embeddings[1].detach()),
+                          features=features[:b].detach(), metrics={"swav_loss": loss.detach()})
+
+    def on_epoch_start(self, epoch: int, steps_per_epoch: int) -> None:
+        self.epoch, self.steps_per_epoch = epoch, steps_per_epoch
+
+    def before_optimizer_step(self, step: int, total_steps: int) -> None:
+        if step < self.config.freeze_prototypes_epochs * self.steps_per_epoch:
+            self.prototypes.weight.grad = None  # the optimiser skips parameters without a gradient
+
+    def on_step_end(self, step: int, total_steps: int) -> dict[str, float]:
+        self.normalize_prototypes()
+        return {}

@@ -1,0 +1,66 @@
+"""VICReg: Variance-Invariance-Covariance Regularization (Bardes, Ponce & LeCun, ICLR 2022).
+
+    z = h(f(x)) for both views (encoder f, expander h)
+    s = MSE(z1, z2)                                                      (invariance, Eq. 5)
+    v = mean_j relu(1 - sqrt(Var(z_j) + eps)), eps = 1e-4, per branch    (variance, Eqs. 1-2)
+    c = sum_{i != j} Cov(z)_ij^2 / d, per branch                         (covariance, Eqs. 3-4)
+    loss = lambda s + mu [v(z1) + v(z2)] + nu [c(z1) + c(z2)]            (Eq. 6, Algorithm 1)
+
+As in the official code the variance term is averaged (not summed) over the two branches.
+Across processes the embeddings are gathered (``gather_with_grad``) so variance and covariance
+are those of the global batch.
+
+Defaults (Sec. 4.1 and the official repo): lambda = mu = 25, nu = 1; expander of 3 linear layers
+of 8192 (BN + ReLU after the first two); LARS lr 0.2 x batch/256 (``--base-lr 0.2``), weight
+decay 1e-6, 10 warm-up epochs, cosine; BYOL's asymmetric views. Small-image recipe: narrower
+expander, lr measured on digits (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.distributed import gather_with_grad
+from selfsup.methods.losses import vicreg_terms
+from selfsup.models.heads import mlp
+
+
+@dataclass
+class VICRegConfig:
+    """Paper defaults (Bardes et al. 2022, Sec. 4.1 and Appendix C)."""
+
+    expander_hidden_dim: int = 8192
+    embedding_dim: int = 8192
+    expander_layers: int = 3
+    invariance_weight: float = 25.0
+    variance_weight: float = 25.0
+    covariance_weight: float = 1.0
+    variance_eps: float = 1e-4
+    head_norm: str = "batchnorm"
+
+
+class VICReg(Method):
+    name = "vicreg"
+    Config = VICRegConfig
+    OPTIMIZER = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1e-6, "warmup_epochs": 10}
+    SMALL_IMAGE_RECIPE = {"expander_hidden_dim": 1024, "embedding_dim": 1024}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-4, "warmup_epochs": 1}
+
+    def __init__(self, encoder: nn.Module, config: VICRegConfig) -> None:
+        super().__init__(encoder, config)
+        c = config
+        self.expander = mlp(self.feature_dim, c.expander_hidden_dim, c.embedding_dim,
+                            num_layers=c.expander_layers, norm=c.head_norm, last_bias=False)
+
+    def training_step(self, views: list[torch.Tensor]) -> StepOutput:
+        y1, y2 = self.encoder(views[0]), self.encoder(views[1])
+        z1, z2 = self.expander(y1), self.expander(y2)
+        c = self.config
+        s, v, cov = vicreg_terms(gather_with_grad(z1), gather_with_grad(z2), c.variance_eps)
+        loss = c.invariance_weight * s + c.variance_weight * v + c.covariance_weight * cov
+        return StepOutput(loss=loss, embeddings=(z1.detach(), z2.detach()), features=y1.detach(),
+                          metrics={"invariance": s.detach(), "variance": v.detach(), "covariance": cov.detach()})

@@ -1,0 +1,250 @@
+"""Multi-process training (torchrun + DDP, gloo on the CPU): the same run on 1 or N processes.
+
+* Gradient equality, for every registered method (``METHODS``, so methods added later are covered):
+  a global batch of 8 split over 2 processes (rows [4r, 4r + 4) on rank r, SyncBatchNorm, DDP)
+  gives the loss, the gradient of every trainable parameter and, after the steps, the whole state
+  (EMA targets, BN statistics, queues in global order, memory banks, prototypes) of one process on
+  the 8 rows. Four steps over a 16-row "dataset" (two epochs) drive every hook as the loop does
+  (``on_epoch_start``, ``on_batch_start`` with the process's dataset rows, ``before_optimizer_step``,
+  ``on_step_end``). Models in float64, tolerance rtol 1e-6 / atol 1e-9; methods that run part of
+  their loss in float32 by design (Barlow Twins, VICReg, SwAV's Sinkhorn, DINO's centre) get
+  rtol 1e-4 / atol 1e-4 x the tensor's largest magnitude (float32 rounding, carried through four
+  optimiser steps). Augmentation is bypassed: both runs see the same fixed view tensors.
+* End to end: ``torchrun --nproc-per-node 2 -m selfsup train`` on digits, resumed on 1 process,
+  then resumed again on 2 through ``selfsup train --devices 2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from selfsup.methods import METHODS
+from selfsup.models import build_backbone
+
+WORLD = 2
+BATCH = 8  # global
+SIZE = 8
+ROWS = 16  # the "dataset": 2 steps per epoch
+STEPS = 4  # 2 epochs: queues written and read, DeepCluster's bank filled then clustered
+# Per-method settings beyond the generic shrinking: exercise the cross-process code paths.
+EXTRA = {"byol": {"negatives_beta": 0.5}, "moco": {"symmetric": True}}
+FLOAT32_PARTS = {"barlow_twins", "vicreg", "swav", "dino"}  # parts of their losses run in float32
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_config(name: str):
+    """The method's Config shrunk: every ``*_dim`` 16, at most 8 prototypes, 2 local crops, queues of
+    at most 24 rows (they wrap within the test)."""
+    cls = METHODS[name].Config
+    hints = typing.get_type_hints(cls)
+    options = {}
+    for field in dataclasses.fields(cls):
+        key, default = field.name, field.default
+        if hints[key] is not int or not isinstance(default, int):
+            continue
+        if key.endswith("_dim"):
+            options[key] = 16
+        elif key.endswith("prototypes"):
+            options[key] = min(default, 8)
+        elif key.endswith("local_crops"):
+            options[key] = min(default, 2)
+        elif key.endswith("queue_size"):
+            options[key] = min(default, 24)
+    return cls(**{**options, **EXTRA.get(name, {})})
+
+
+def _build(name: str):
+    torch.manual_seed(0)
+    encoder = build_backbone("resnet18", width=0.125, in_channels=3, small_stem=True)
+    return METHODS[name](encoder, _tiny_config(name)).double()
+
+
+def _views(method, step: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    return [torch.randn(BATCH, 3, spec.size, spec.size, generator=g, dtype=torch.float64)
+            for spec in method.views(SIZE, (0.2, 1.0))]
+
+
+def _run_steps(name: str, rank: int, world: int) -> dict:
+    """STEPS optimiser steps of ``name`` on this process's rows, hooks called as the loop calls them;
+    the losses averaged over processes, the gradients as the optimiser sees them (after DDP)."""
+    from selfsup.train import distributed as dt
+
+    method = _build(name)
+    model = dt.wrap(method, torch.device("cpu"), sync_bn=True)  # the method itself on one process
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    per_process, steps_per_epoch = BATCH // world, ROWS // BATCH
+    mine = slice(rank * per_process, (rank + 1) * per_process)
+    record: dict = {"loss": [], "grads": []}
+    method.train()
+    for step in range(STEPS):
+        epoch, position = divmod(step, steps_per_epoch)
+        if position == 0:
+            method.on_epoch_start(epoch, steps_per_epoch)
+        order = torch.randperm(ROWS, generator=torch.Generator().manual_seed(epoch))
+        method.on_batch_start(order[position * BATCH:(position + 1) * BATCH][mine])
+        out = model([v[mine] for v in _views(method, step)])
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        record["loss"].append(dt.mean_over_processes(out.loss.detach()).item())
+        record["grads"].append({n: None if p.grad is None else p.grad.clone()
+                                for n, p in method.named_parameters() if p.requires_grad})
+        method.before_optimizer_step(step, STEPS)
+        optimizer.step()
+        method.on_step_end(step + 1, STEPS)
+    dt.revert_sync_batchnorm(method)
+    record["state"] = {k: v.clone() for k, v in method.state_dict().items()}
+    return record
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str, names: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from selfsup.train import distributed as dt
+
+    info = dt.init_from_env("cpu")
+    assert (info.rank, info.world_size, info.device.type) == (rank, world, "cpu")
+    torch.save({name: _run_steps(name, rank, world) for name in names}, Path(out_dir) / f"rank{rank}.pt")
+    dt.teardown()
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    names = list(METHODS)
+    mp.spawn(_worker, args=(WORLD, _free_port(), str(out), names), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+def _atol(reference: torch.Tensor, name: str, atol: float) -> float:
+    if name not in FLOAT32_PARTS or not reference.is_floating_point() or reference.numel() == 0:
+        return atol
+    return max(atol, 1e-4 * reference.abs().max().item())  # 1e-4 of the tensor's scale
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_two_processes_match_one_process(name, two_process_results):
+    one = _run_steps(name, 0, 1)
+    ranks = [r[name] for r in two_process_results]
+    rtol, atol = (1e-4, 1e-6) if name in FLOAT32_PARTS else (1e-6, 1e-9)
+    for step in range(STEPS):
+        for r in ranks:
+            assert r["loss"][step] == pytest.approx(one["loss"][step], rel=rtol, abs=atol), (name, step)
+            assert r["grads"][step].keys() == one["grads"][step].keys()
+            for key, grad in one["grads"][step].items():
+                if grad is None:
+                    assert r["grads"][step][key] is None, key
+                    continue
+                torch.testing.assert_close(r["grads"][step][key], grad, rtol=rtol, atol=_atol(grad, name, atol),
+                                           msg=lambda m, k=key, s=step: f"{name} step {s} grad {k}: {m}")
+    # after the steps: weights, EMA targets, BN running statistics, queues (global order), pointers
+    for r in ranks:
+        assert r["state"].keys() == one["state"].keys()
+        for key, value in one["state"].items():
+            torch.testing.assert_close(r["state"][key], value, rtol=rtol, atol=_atol(value, name, atol),
+                                       msg=lambda m, k=key: f"{name} state {k}: {m}")
+
+
+def test_checkpoint_keys_are_those_of_the_plain_method():
+    from selfsup.train import distributed as dt
+
+    method = _build("byol")
+    keys = list(method.state_dict())
+    assert dt.convert_sync_batchnorm(method) > 0
+    assert list(method.state_dict()) == keys
+    dt.revert_sync_batchnorm(method)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in method.modules())
+
+
+def test_config_argv_round_trips_through_the_parser():
+    from selfsup.api import _merge, config_argv
+    from selfsup.cli import build_parser
+    from selfsup.config import TrainConfig
+
+    cfg = _merge(TrainConfig(), dict(method="byol", data="digits", width=0.125, devices=2, sync_bn=False,
+                                     progress=False, eval_after=False, tau_base=0.95, predictor=False))
+    args = vars(build_parser().parse_args(["train", *config_argv(cfg)]))
+    again = _merge(TrainConfig(), {k: v for k, v in args.items() if k != "command" and v is not None})
+    assert again == cfg
+
+
+def test_batch_that_does_not_split_over_devices_is_a_clear_error(tmp_path, capsys):
+    from selfsup.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--devices", "3", "--batch-size", "64", "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--batch-size" in err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: 2 processes -> resume on 1 -> resume on 2 (through --devices)
+
+TINY_RUN = ["--method", "byol", "--data", "digits", "--subset", "640", "--width", "0.125", "--batch-size", "64",
+            "--seed", "3",
+            "--projector-hidden-dim", "32", "--projection-dim", "16", "--predictor-hidden-dim", "32",
+            "--log-every", "5", "--no-progress", "--no-online-probe"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_torchrun_run_resumes_on_one_process_and_back_on_two(tmp_path):
+    from selfsup.api import train
+    from selfsup.train.checkpoint import safe_load
+
+    run = tmp_path / "run"
+    steps_per_epoch = 640 // 64
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+           "-m", "selfsup", "train", *TINY_RUN, "--epochs", "1", "--no-eval-after", "--out", str(run)]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = safe_load(run / "checkpoints" / "last.pt")
+    assert state["step"] == steps_per_epoch
+    assert not any(k.startswith("module.") for k in state["method"])
+    assert [r["step"] for r in _records(run) if "loss" in r] == [5, 10]  # rank 0 alone logs
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == WORLD and summary["sync_bn"] is True
+
+    # the 2-process checkpoint continues on 1 process (here, in this process) for a second epoch
+    summary = train(out=str(run), resume=True, epochs=2, progress=False)
+    assert summary["processes"] == 1 and summary["steps"] == 2 * steps_per_epoch
+    one_process = safe_load(run / "checkpoints" / "last.pt")
+    assert one_process["step"] == 2 * steps_per_epoch
+
+    # and that 1-process checkpoint continues on 2 processes, started by --devices, with the evaluation
+    cmd = [sys.executable, "-m", "selfsup", "train", "--out", str(run), "--resume", "--epochs", "3",
+           "--devices", str(WORLD), "--no-progress", "--eval-after"]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("knn top-1") == 1, done.stdout  # the summary table, printed once
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == WORLD and summary["steps"] == 3 * steps_per_epoch
+    assert 0.0 <= summary["knn_top1"] <= 1.0
+    steps = [r["step"] for r in _records(run) if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 3 * steps_per_epoch
