@@ -163,6 +163,49 @@ def test_two_processes_match_one_process(name, two_process_results):
                                        msg=lambda m, k=key: f"{name} state {k}: {m}")
 
 
+def _interrupt_worker(rank: int, world: int, port: int, run_dir: str) -> None:
+    """``fit`` on 2 processes; rank 1 alone gets SIGTERM during step 3."""
+    import signal
+    import types
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from selfsup.train import distributed as dt
+    from selfsup.train.loop import LoopSettings, TrainingInterrupted, fit
+
+    dt.init_from_env("cpu")
+    method = _build("byol").float()
+    images = torch.randint(0, 256, (64, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    if rank == 1:
+        def kill_at(self, step, total_steps):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return type(self).on_step_end(self, step, total_steps)
+
+        method.on_step_end = types.MethodType(kill_at, method)
+    settings = LoopSettings(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, weight_decay=0.0, warmup_epochs=0,
+                            log_every=2, progress=False)
+    outcome = {}
+    try:
+        fit(method, images, method.views(SIZE, (0.2, 1.0)), [0.5] * 3, [0.25] * 3, settings, run_dir=Path(run_dir))
+    except TrainingInterrupted as err:
+        outcome = {"step": err.step, "checkpoint": None if err.checkpoint is None else str(err.checkpoint)}
+    (Path(run_dir) / f"outcome{rank}.json").write_text(json.dumps(outcome))
+    dt.teardown()
+
+
+def test_a_signal_on_one_process_stops_every_process_at_the_same_step(tmp_path):
+    mp.spawn(_interrupt_worker, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    outcomes = [json.loads((tmp_path / f"outcome{r}.json").read_text()) for r in range(WORLD)]
+    assert [o["step"] for o in outcomes] == [3, 3]
+    assert outcomes[0]["checkpoint"] == str(tmp_path / "checkpoints" / "last.pt") and outcomes[1]["checkpoint"] is None
+    from selfsup.train.checkpoint import safe_load
+
+    assert safe_load(tmp_path / "checkpoints" / "last.pt")["step"] == 3
+    assert [r["step"] for r in _records(tmp_path)] == [2]  # rank 0 alone wrote metrics
+
+
 def test_checkpoint_keys_are_those_of_the_plain_method():
     from selfsup.train import distributed as dt
 

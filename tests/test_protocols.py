@@ -86,6 +86,14 @@ def test_linear_aug_on_frozen_identity_encoder_is_perfect_and_leaves_encoder_alo
     r = train_classifier(MeanPool(), split.train.images, split.train.labels, split.test.images, split.test.labels,
                          size=8, mean=MEAN, std=STD, settings=s, freeze_encoder=True)
     assert r.top1 == 1.0 and r.top5 is None and r.steps == 30
+    # cached eval-mode test features give the same answer as the forward pass
+    from selfsup.data.augment import normalize, to_float
+
+    cached = MeanPool()(normalize(to_float(split.test.images, 8), MEAN, STD))
+    r_cached = train_classifier(MeanPool(), split.train.images, split.train.labels, split.test.images,
+                                split.test.labels, size=8, mean=MEAN, std=STD, settings=s, freeze_encoder=True,
+                                test_features=cached)
+    assert (r_cached.top1, r_cached.train_top1) == (r.top1, r.train_top1)
     r2 = train_classifier(enc, split.train.images, split.train.labels, split.test.images, split.test.labels,
                           size=8, mean=MEAN, std=STD, settings=s, freeze_encoder=True)
     assert r2.steps == 30

@@ -5,6 +5,8 @@ import io
 import json
 import re
 import shutil
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -14,12 +16,22 @@ from PIL import Image
 from selfsup.api import compare, report, train
 from selfsup.cli import main
 from selfsup.reporting.plots import compare_figure, plot_run, run_labels
-from selfsup.reporting.report import cosine_neighbors, pick_queries
+from selfsup.reporting.report import cosine_neighbors, embed_2d, pick_queries
 
 TINY = dict(method="byol", data="digits", backbone="resnet18", width=0.125, epochs=2, batch_size=64,
             progress=False, projector_hidden_dim=64, projection_dim=32, predictor_hidden_dim=64)
 
 RUN_PLOTS = ("loss", "lr", "tau", "std_scaled", "rankme", "alignment_uniformity", "cosine")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on 8x8 images: one thread is as fast, and spares a busy machine from spin-waiting
+    thread pools (measured: the fixture run takes 3 s of CPU on one thread, ~50 s on several)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +124,25 @@ def test_pick_queries_spreads_over_classes():
     assert torch.equal(picked, pick_queries(labels, 6, seed=1))
 
 
+def test_embed_2d_uses_umap_when_importable_else_tsne(monkeypatch):
+    features = torch.randn(30, 8)
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` raises ImportError
+    coords, used = embed_2d(features, "auto")
+    assert used == "t-SNE" and coords.shape == (30, 2) and np.isfinite(coords).all()
+    seen = {}
+
+    class FakeUMAP:
+        def __init__(self, **options):
+            seen.update(options)
+
+        def fit_transform(self, x):
+            return x[:, :2]
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
+    coords, used = embed_2d(features, "auto")
+    assert used == "UMAP" and seen["metric"] == "cosine" and coords.shape == (30, 2)
+
+
 def test_compare_overlays_runs_with_folder_names_in_legend(run_dir, tmp_path):
     other = tmp_path / "byol-tau0.9"
     other.mkdir()
@@ -143,6 +174,13 @@ def test_plots_tolerate_partial_records_and_clashing_names(tmp_path):
         ["a/seed0", "b/seed0", "c"]
     fig = compare_figure([("x", records, {}), ("y", [], {"knn_top1": 0.5})], ["loss", "knn_top1"])
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["x", "y"]
+
+
+def test_cli_constants_match_the_library():
+    from selfsup.reporting import cli, plots, report as report_module
+
+    assert cli.EMBEDDINGS == report_module.EMBEDDINGS
+    assert cli.DEFAULT_COMPARE_METRICS == plots.DEFAULT_COMPARE_METRICS
 
 
 def test_report_cli(run_dir, reported, capsys):

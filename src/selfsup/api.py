@@ -238,7 +238,7 @@ def _train(cfg: TrainConfig, info: dist_train.DistInfo) -> dict[str, Any]:
                             lars_clip=resolved.lars_clip, seed=cfg.seed, log_every=cfg.log_every,
                             checkpoint_every=cfg.checkpoint_every, device=str(device), precision=precision,
                             compile=cfg.compile, progress=cfg.progress, online_probe=cfg.online_probe,
-                            sync_bn=sync_bn)
+                            sync_bn=sync_bn, channels_last=cfg.channels_last)
     hooks = [knn_check(split, resolved.image_size, mean, std, device, cfg.knn_every)] if cfg.knn_every else []
     try:
         result = fit(method, split.train.images, views, mean, std, settings, run_dir=run_dir, resume=cfg.resume,
@@ -447,8 +447,8 @@ def report(run_dir: str | Path, html: bool = True, device: str = "auto", max_poi
                         embedding=embedding, n_queries=queries, k=neighbors, seed=seed, progress=progress)
 
 
-def compare(run_dirs: Sequence[str | Path], out: str | Path = "compare.png",
-            metrics: Sequence[str] | str | None = None, x: str = "step") -> Any:
+def compare(run_dirs: Sequence[str | Path], out: str | Path, metrics: Sequence[str] | str | None = None,
+            x: str = "step") -> Any:
     """Overlay several runs in one PNG: one panel per metric, one line per run, legend = folder names.
 
     ``metrics`` (list or comma-separated; default loss, std_scaled, rankme, knn_top1) are

@@ -71,6 +71,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False
     grad_checkpointing: bool = False  # recompute each backbone stage in backward: less memory, ~1 extra forward
+    channels_last: bool | None = None  # NHWC model and inputs; None: on CUDA only (on CPU it is opt-in, ~15% faster)
     log_every: int = 10
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: once per epoch
     online_probe: bool = True  # linear classifier on detached features during training (needs labels)

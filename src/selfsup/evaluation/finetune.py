@@ -31,7 +31,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +142,8 @@ def train_classifier(encoder: nn.Module, train_images: torch.Tensor, train_label
                      mean: Sequence[float], std: Sequence[float], settings: ClassifierSettings,
                      freeze_encoder: bool, num_classes: int | None = None,
                      device: torch.device | str = "cpu", keep_model: bool = False,
-                     progress: bool = False, desc: str = "train") -> ClassifierResult:
+                     progress: bool = False, desc: str = "train",
+                     test_features: torch.Tensor | None = None) -> ClassifierResult:
     """Train a linear head on ``encoder`` (frozen, or a fine-tuned copy) and test it.
 
     ``train_images``/``test_images`` are uint8 ``[N, C, H, W]``; training batches are augmented
@@ -150,6 +151,8 @@ def train_classifier(encoder: nn.Module, train_images: torch.Tensor, train_label
     ``encoder`` itself is never modified: a frozen encoder keeps its weights and its train/eval
     flags are restored; fine-tuning trains a deep copy. The last batch of an epoch is dropped when
     incomplete (the batch is clamped to the training-set size, so there is at least one step).
+    With a frozen encoder, ``test_features`` (its eval-mode features of ``test_images``, e.g. cached
+    for kNN) replace the test forward pass.
     """
     s = settings
     if s.epochs < 1 or s.batch_size < 2:
@@ -222,7 +225,12 @@ def train_classifier(encoder: nn.Module, train_images: torch.Tensor, train_label
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        scores = predict(model, test_images, size, mean, std, s.eval_batch_size, device)
+        if freeze_encoder and test_features is not None:
+            head.eval()
+            with torch.no_grad():
+                scores = head(test_features.to(device).float()).float().cpu()
+        else:
+            scores = predict(model, test_images, size, mean, std, s.eval_batch_size, device)
     finally:
         if bar is not None:
             bar.close()

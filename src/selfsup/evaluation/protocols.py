@@ -70,7 +70,8 @@ ALL_ORDER: tuple[str, ...] = ("knn", "linear", "linear-aug", "supervised", "fine
 # CPU-sized epochs: `selfsup eval RUN --protocol all` on the README's Fashion-MNIST run (10k
 # images, ResNet-18 x0.25, 28 px) stays within minutes on 2 CPU cores. The papers' values are in
 # PAPER_EPOCHS; pass `epochs=` / `--epochs` to use them.
-DEFAULT_EPOCHS: dict[str, int] = {"linear-aug": 5, "finetune": 3, "supervised": 3, "semi": 20, "transfer": 5}
+DEFAULT_EPOCHS: dict[str, int] = {"linear-aug": 5, "finetune": 3, "supervised": 3, "semi:1%": 30, "semi:10%": 10,
+                                  "semi": 10, "transfer": 5}  # "semi": any other semi:P%
 PAPER_EPOCHS: dict[str, str] = {
     "linear-aug": "80 (BYOL App. C.1), 90 (SimCLR App. B.6), 100 (MoCo)",
     "finetune": "SimCLR/BYOL transfer fine-tuning: 20k steps; ImageNet 100% labels: 30 epochs (SimCLR)",
@@ -303,13 +304,14 @@ class Evaluator:
         split, _ = self.split(spec)
         train = split.train if subset is None else split.train.select(subset)
         what = "linear-aug" if freeze else "fine-tune"
+        test_features = self.features(name, spec)[1] if freeze else None  # cached, eval mode: the same
         self.setup.log(f"  {what}: {name.replace('_', ' ')} encoder on {spec} ({len(train)} labelled images, "
                        f"{settings.epochs} epochs)")
         result = train_classifier(
             self.encoder(name), train.images, train.labels, split.test.images, split.test.labels,
             size=self.setup.size, mean=self.setup.mean, std=self.setup.std, settings=settings,
             freeze_encoder=freeze, num_classes=_num_classes(split), device=self.device, keep_model=keep_model,
-            progress=self.setup.progress, desc=f"{what} ({name})")
+            progress=self.setup.progress, desc=f"{what} ({name})", test_features=test_features)
         self._trained[key] = result
         return result
 
@@ -399,7 +401,8 @@ class Evaluator:
             "note": "the random-init baseline is supervised training from scratch with the same schedule"})
 
     def _semi(self, fraction: float) -> ProtocolResult:
-        spec, s = self.setup.data, self.settings("finetune", "semi")
+        protocol = f"semi:{100 * fraction:g}%"
+        spec, s = self.setup.data, self.settings("finetune", protocol if protocol in DEFAULT_EPOCHS else "semi")
         split, _ = self.split(spec)
         index = balanced_subset(split.train.labels, fraction, self.seed)
         key = semi_slug(fraction)
@@ -498,7 +501,7 @@ class Evaluator:
                                "transfer_finetune_top1", "transfer_finetune_top5") if m in scores]
         return ProtocolResult(scores, metrics, {
             "transfer_data": spec, "transfer_source": split.source, "adapted": note,
-            "train_images": len(split.train), "test_images": len(split.test), "finetune_settings": _settings_info(s),
+            "train_images": len(split.train), "test_images": len(split.test), "settings": _settings_info(s),
             "learned": self._describe(learned, s), "random_init": self._describe(random, s)})
 
 
@@ -666,15 +669,14 @@ def evaluate_and_save(evaluator: Evaluator, protocol: str, out_dir: Any, run: st
         "supervised (from scratch): the same backbone trained with labels only; its kNN/linear cells are "
         "probes of its frozen features, its semi cells the random-init runs (fine-tuning a random-init "
         "encoder is supervised training from scratch, so the random-init fine-tune/semi cells are the same runs).",
-        f"linear-aug / fine-tune / semi: {DEFAULT_EPOCHS['linear-aug'] if o.epochs is None else o.epochs} / "
-        f"{DEFAULT_EPOCHS['finetune'] if o.epochs is None else o.epochs} / "
-        f"{DEFAULT_EPOCHS['semi'] if o.epochs is None else o.epochs} epochs (CPU-sized; the papers: 80-100 / "
-        "30 / 60 (1%) and 30 (10%)); SGD Nesterov 0.9, cosine, crop + flip.",
+        "Epochs (CPU-sized; the papers': linear-aug 80-100, semi 60 (1%) / 30 (10%)): " + ", ".join(
+            f"{p} {r.info['settings']['epochs']}" for p, r in results.items() if "settings" in r.info)
+        + "; SGD Nesterov 0.9, cosine, random resized crop + flip, no weight decay.",
         f"Few-shot: {few['ways']}-way, {few['queries']} queries per class, Prototypical Networks "
         f"({few['metric']} distance) on frozen features; classes {few['class_names']} of {few['fewshot_data']} "
         f"({few['fewshot_kind']}).",
         f"Transfer: {transfer['transfer_data']} ({transfer['adapted']}), linear probe on frozen features and "
-        f"fine-tuning for {transfer['finetune_settings']['epochs']} epochs.",
+        f"fine-tuning for {transfer['settings']['epochs']} epochs.",
     ]
     title = f"{method} on {evaluator.setup.run_data}, evaluated on {data}"
     markdown = summary_markdown(scores, title, method, notes, o.ways, o.shots)

@@ -46,8 +46,9 @@ class Method(nn.Module):
     SMALL_IMAGE_RECIPE: ClassVar[dict[str, Any]] = {}
     SMALL_IMAGE_OPTIMIZER: ClassVar[dict[str, Any]] = {}
     # BatchNorm statistics over the global batch when training on several processes (SyncBatchNorm),
-    # as SimCLR, BYOL, SimSiam, Barlow Twins, VICReg and NNCLR do; the N-process run then computes
-    # what one process computes on the global batch. ``--sync-bn/--no-sync-bn`` overrides it.
+    # as the papers of SimCLR, BYOL, SimSiam, Barlow Twins, VICReg, NNCLR, SwAV and DINO do; the
+    # N-process run then computes what one process computes on the global batch. A method whose
+    # paper normalises per GPU sets False (MoCo v2). ``--sync-bn/--no-sync-bn`` overrides it.
     sync_batchnorm: ClassVar[bool] = True
 
     def __init__(self, encoder: nn.Module, config: Any) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from selfsup.reporting.plots import DEFAULT_COMPARE_METRICS
-
+# Kept here rather than imported, so building the parser does not import matplotlib or torch;
+# tests check they match selfsup.reporting.report.EMBEDDINGS and plots.DEFAULT_COMPARE_METRICS.
 EMBEDDINGS = ("auto", "umap", "tsne")
+DEFAULT_COMPARE_METRICS = ("loss", "std_scaled", "rankme", "knn_top1")
 
 
 def add_parsers(sub: Any) -> None:
@@ -24,7 +25,7 @@ def add_parsers(sub: Any) -> None:
     rp.add_argument("--device", default="auto")
     rp.add_argument("--max-points", type=int, default=2000, help="test images in the 2-D map (default: 2000)")
     rp.add_argument("--max-gallery", type=int, default=10000,
-                    help="training images searched for neighbours (default: 10000)")
+                    help="training images searched for neighbours; 0: all (default: 10000)")
     rp.add_argument("--embedding", default="auto", choices=list(EMBEDDINGS),
                     help="auto: UMAP when umap-learn is installed, else t-SNE")
     rp.add_argument("--queries", type=int, default=8, help="retrieval queries (default: 8)")
@@ -46,7 +47,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from selfsup.api import report
 
     result = report(args.run_dir, html=args.html, device=args.device, max_points=args.max_points,
-                    max_gallery=args.max_gallery, embedding=args.embedding, queries=args.queries,
+                    max_gallery=args.max_gallery or None, embedding=args.embedding, queries=args.queries,
                     neighbors=args.neighbors, seed=args.seed, progress=args.progress)
     names = list(result.plots) + list(result.images)
     print(f"wrote {len(names)} plots to {result.directory}: {', '.join(f'{n}.png' for n in names)}")

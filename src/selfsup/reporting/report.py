@@ -13,6 +13,7 @@ Layering: reporting imports ``api``, ``evaluation`` and ``data``; nothing in ``t
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import json
 import math
 from dataclasses import dataclass, field
@@ -341,7 +342,11 @@ def _representation_parts(run_dir: Path, out_dir: Path, device: str, max_points:
     gallery_features = extract_features(run.encoder, gallery.images, pre, device=dev, progress=progress)
 
     # 2-D map of the test embeddings
-    if len(test) >= 5:
+    finite = bool(torch.isfinite(test_features).all() and torch.isfinite(gallery_features).all())
+    if not finite:
+        result.notes.append("embedding map and retrieval skipped: the encoder's features contain NaN/Inf "
+                            "(a diverged run)")
+    elif len(test) >= 5:
         coords, used = embed_2d(test_features, embedding, seed)
         title = (f"{used} of {len(test)} test embeddings ({run.config.method}, frozen backbone features, "
                  f"cosine), coloured by label")
@@ -358,7 +363,7 @@ def _representation_parts(run_dir: Path, out_dir: Path, device: str, max_points:
         result.notes.append("embedding map skipped: fewer than 5 test images")
 
     # nearest-neighbour retrieval grid
-    if len(test) and len(gallery):
+    if finite and len(test) and len(gallery):
         q_index = pick_queries(test.labels, n_queries, count=len(test), seed=seed)
         sims, nb_index = cosine_neighbors(test_features[q_index], gallery_features, k)
         fig = retrieval_figure(test.images[q_index], None if test.labels is None else test.labels[q_index],
@@ -388,6 +393,8 @@ def build_report(run_dir: str | Path, html: bool = True, device: str = "auto", m
         raise ConfigError(f"RUN_DIR: {run_dir} is not a run folder (no metrics.jsonl or config.yaml)")
     if embedding not in EMBEDDINGS:
         raise ConfigError(f"--embedding: choose from {', '.join(EMBEDDINGS)}, got {embedding!r}")
+    if embedding == "umap" and importlib.util.find_spec("umap") is None:
+        raise ConfigError("--embedding: umap needs umap-learn (pip install umap-learn, or selfsup[report])")
     if max_points < 1 or n_queries < 1 or k < 1 or (max_gallery is not None and max_gallery < 1):
         raise ConfigError("--max-points, --max-gallery, --queries and --neighbors must be positive")
     out_dir = run_dir / "report"

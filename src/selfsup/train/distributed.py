@@ -13,9 +13,10 @@ in a loss (``gather_with_grad``, SyncBatchNorm's statistics) sums the incoming g
 processes in its backward, so a process's parameters receive d(sum over ranks of the rank losses)
 and DDP's average over ranks is d(mean of the rank losses). Each method returns, per process,
 a loss whose mean over processes is the single-process loss of the global batch: either its
-local anchors' share (SimCLR, BYOL, MoCo, NNCLR: a batch mean over the local rows) or the whole
-global loss on every process (Barlow Twins, VICReg: computed from the gathered batch, divided by
-the global N). ``tests/test_distributed.py`` checks this for every registered method.
+local anchors' share (e.g. SimCLR, BYOL, MoCo, NNCLR: a batch mean over the local rows) or the
+whole global loss on every process (e.g. Barlow Twins, VICReg: computed from the gathered batch,
+divided by the global N -- never averaged again, the 1/world_size error of lightly #1977).
+``tests/test_distributed.py`` checks this for every registered method.
 """
 
 from __future__ import annotations
@@ -66,11 +67,11 @@ def _device_for(name: str, local_rank: int, distributed: bool) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        if distributed and local_rank >= torch.cuda.device_count():
+    if distributed and device.type == "cuda" and device.index is None:  # one GPU per process
+        if local_rank >= torch.cuda.device_count():
             raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices visible; "
                                "start at most one process per GPU")
-        device = torch.device("cuda", local_rank if distributed else torch.cuda.current_device())
+        device = torch.device("cuda", local_rank)
     return device
 
 
