@@ -23,6 +23,15 @@ from selfsup.train.optim import build_optimizer
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is fastest, and avoids OpenMP spin-waits on a shared, loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _load_benchmark():
     spec = importlib.util.spec_from_file_location("selfsup_benchmark_throughput", BENCHMARK)
     module = importlib.util.module_from_spec(spec)

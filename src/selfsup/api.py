@@ -356,10 +356,12 @@ def evaluate(run_dir: str | Path, protocol: str = "knn", data: str | None = None
     cfg = dataclasses.replace(run.config, progress=progress)
     channels = len(run.mean)
 
-    def load(spec: str) -> DataSplit:  # the run's data with its --subset; other data at the run's size
+    def load(spec: str) -> DataSplit:  # the run's data with its --subset; other data native (adapted later)
         same = spec.strip().lower() == cfg.data.strip().lower()
+        folder = spec.strip().lower().startswith("folder:")  # decoded (and cached) at the run's size
         return load_data(spec, subset=cfg.subset if same else None, seed=cfg.seed, root=cfg.data_root,
-                         image_size=cfg.image_size if same else run.resolved.image_size, progress=progress)
+                         image_size=cfg.image_size if same else (run.resolved.image_size if folder else None),
+                         progress=progress)
 
     setup = P.EvalSetup(
         encoder=run.encoder, load=load, run_data=cfg.data, data=data or cfg.data, channels=channels,

@@ -132,10 +132,11 @@ class DeepClusterV2(Method):
     name = "deepcluster_v2"
     Config = DeepClusterV2Config
     OPTIMIZER = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
-    SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 64, "num_prototypes": 100,
-                          "num_local_crops": 4, "global_crop_scale_min": 0.3, "local_crop_scale_min": 0.1,
-                          "local_crop_size_fraction": 0.5}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 1.0, "weight_decay": 1e-5, "warmup_epochs": 1}
+    # Measured on digits as SwAV's small recipe (swav.py docstring).
+    SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 64, "num_prototypes": 30,
+                          "num_local_crops": 0, "global_crop_scale_min": 0.6, "local_crop_scale_min": 0.3,
+                          "local_crop_size_fraction": 0.75}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.2, "weight_decay": 5e-4, "warmup_epochs": 1}
 
     def __init__(self, encoder: nn.Module, config: DeepClusterV2Config) -> None:
         super().__init__(encoder, config)

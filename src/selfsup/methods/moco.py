@@ -49,6 +49,7 @@ class MoCoConfig:
     symmetric: bool = False
     jitter_strength: float = 0.5  # colour jitter (0.4, 0.4, 0.4, 0.1)
     head_norm: str = "none"
+    head_last_norm: bool = False  # True: BN without affine on the head's output (MoCo v3's projector)
 
 
 class MoCo(Method):
@@ -65,7 +66,8 @@ class MoCo(Method):
     def __init__(self, encoder: nn.Module, config: MoCoConfig) -> None:
         super().__init__(encoder, config)
         c = config
-        self.projector = mlp(self.feature_dim, c.projector_hidden_dim, c.projection_dim, norm=c.head_norm)
+        self.projector = mlp(self.feature_dim, c.projector_hidden_dim, c.projection_dim, norm=c.head_norm,
+                             last_norm=c.head_last_norm)
         self.key_encoder = frozen_copy(encoder)
         self.key_projector = frozen_copy(self.projector)
         self.queue = FeatureQueue(c.queue_size, c.projection_dim, init="random")

@@ -19,6 +19,7 @@ expander, lr measured on digits (BENCHMARKS.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +41,7 @@ class VICRegConfig:
     variance_weight: float = 25.0
     covariance_weight: float = 1.0
     variance_eps: float = 1e-4
+    bias_lr_multiplier: float = 1.0  # lr of biases and norm parameters (no LARS adaptation) / lr of weights
     head_norm: str = "batchnorm"
 
 
@@ -47,8 +49,8 @@ class VICReg(Method):
     name = "vicreg"
     Config = VICRegConfig
     OPTIMIZER = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1e-6, "warmup_epochs": 10}
-    SMALL_IMAGE_RECIPE = {"expander_hidden_dim": 1024, "embedding_dim": 1024}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-4, "warmup_epochs": 1}
+    SMALL_IMAGE_RECIPE = {"expander_hidden_dim": 1024, "embedding_dim": 1024, "bias_lr_multiplier": 0.05}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 6.0, "weight_decay": 1e-4, "warmup_epochs": 1}
 
     def __init__(self, encoder: nn.Module, config: VICRegConfig) -> None:
         super().__init__(encoder, config)
@@ -64,3 +66,8 @@ class VICReg(Method):
         loss = c.invariance_weight * s + c.variance_weight * v + c.covariance_weight * cov
         return StepOutput(loss=loss, embeddings=(z1.detach(), z2.detach()), features=y1.detach(),
                           metrics={"invariance": s.detach(), "variance": v.detach(), "covariance": cov.detach()})
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": [p for p in params if p.ndim > 1]},
+                {"params": [p for p in params if p.ndim <= 1], "lr_multiplier": self.config.bias_lr_multiplier}]
