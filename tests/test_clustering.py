@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.data.augment import augment_views, sample_params
-from selfsup.data.views import ViewSpec, local_crop_size, multi_crop_views
+from selfsup.data.views import local_crop_size, multi_crop_views
 from selfsup.methods import METHODS, DINO, DeepClusterV2, SwAV
 from selfsup.methods.deepcluster import IGNORE, deepcluster_loss, spherical_kmeans
 from selfsup.methods.dino import dino_loss
@@ -55,7 +55,8 @@ def test_registered_with_paper_defaults_and_valid_recipes():
             assert set(optim) == {"optimizer", "lr", "weight_decay", "warmup_epochs"}, name
         assert "num_local_crops" in fields and cls.Config.__doc__
     s = SwAV.Config()
-    assert (s.epsilon, s.sinkhorn_iterations, s.temperature, s.num_prototypes, s.projection_dim) == (0.05, 3, 0.1, 3000, 128)
+    assert (s.epsilon, s.sinkhorn_iterations, s.temperature, s.num_prototypes, s.projection_dim) == \
+        (0.05, 3, 0.1, 3000, 128)
     assert (s.num_local_crops, s.global_crop_scale_min, s.local_crop_scale_min, s.freeze_prototypes_epochs) == \
         (6, 0.14, 0.05, 1.0)
     assert SwAV.OPTIMIZER == {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}  # 4.8 @ 4096
@@ -457,7 +458,7 @@ def test_every_clustering_method_trains_a_vit(name):
 # Each method learns: a short CPU run on digits beats the random-init encoder's kNN on held-out images
 
 TRAIN_EPOCHS = {"swav": 10, "dino": 10, "deepcluster_v2": 10}  # DeepCluster-v2's epoch 0 fills its bank
-KNN_MARGIN = 0.04  # measured margins (seed 0): see the report in the methods' docstrings
+KNN_MARGIN = 0.07  # measured at seed 0, 10 epochs: +0.13 to +0.15 (swav.py, dino.py, deepcluster.py docstrings)
 
 
 @pytest.mark.parametrize("name", CLUSTERING)

@@ -24,6 +24,8 @@ loss until they are seen.
 Defaults (official ``deepclusterv2_800ep_pretrain.sh``): projector 2048 -> 128 with BN, 3 clusterings
 of 3000 prototypes, temperature 0.1, multi-crop 2 x 224 (0.14, 1) + 6 x 96 (0.05, 0.14), LARS, lr 4.8
 at batch 4096 (0.3 x batch / 256), weight decay 1e-6, 10 warm-up epochs, 800 epochs; views as SwAV's.
+Small-image recipe (BENCHMARKS.md, digits): 3 x 30 prototypes, SGD 0.2 x batch/256, crops (0.6, 1),
+no local crops; 10 epochs (the first filling the bank): kNN 0.69-0.70 against 0.557 at random init.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ class DeepClusterV2(Method):
     name = "deepcluster_v2"
     Config = DeepClusterV2Config
     OPTIMIZER = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
-    # Measured on digits as SwAV's small recipe (swav.py docstring).
+    # Measured on digits (BENCHMARKS.md).
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 64, "num_prototypes": 30,
                           "num_local_crops": 0, "global_crop_scale_min": 0.6, "local_crop_scale_min": 0.3,
                           "local_crop_size_fraction": 0.75}

@@ -21,6 +21,12 @@ lr 0.0005 x batch / 256, 10 warm-up epochs, cosine decay, 100 epochs (ablations;
 best models). Simplifications: the weight decay is constant 0.04 (the paper's cosine 0.04 -> 0.4 is
 not scheduled by the loop), no stochastic depth in ViTs, and the final lr is 0 rather than 1e-6.
 The evaluated encoder is the student (``encoder``); the teacher is ``teacher_encoder``.
+
+Small-image recipe (BENCHMARKS.md, digits): BN in the head (the ResNet's ReLU features are too alike
+for a BN-free MLP), out 256, teacher temperature 0.04 without warm-up, teacher momentum 0.996, SGD 0.1
+x batch/256 (the official ResNet-50 run also uses SGD), crops (0.6, 1), no local crops; the AdamW /
+warm-up settings collapsed to uniform outputs. 10 epochs: kNN 0.68-0.70 against 0.557 at random init.
+With a ViT pass ``--optimizer adamw --lr 0.0005``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ with BN, 3000 prototypes, temperature 0.1, multi-crop 2 x 224 (0.14, 1) + 6 x 96
 no queue at batch 4096 (3840 rows from epoch 15 at batch 256), LARS, lr 4.8 at batch 4096
 (0.3 x batch / 256) with cosine decay, weight decay 1e-6, 10 warm-up epochs, 800 epochs. Views: colour
 distortion of strength 1 (jitter 0.8, 0.8, 0.8, 0.2 with p 0.8, grayscale 0.2) and blur p 0.5 on
-every crop, no solarisation. The small-image recipe is measured on digits (BENCHMARKS.md).
+every crop, no solarisation. The small-image recipe (SGD, 30 prototypes, epsilon 0.03, crops (0.8, 1),
+no local crops) is measured on digits in BENCHMARKS.md: with LARS and 100 prototypes SwAV collapsed
+to uniform codes; at 10 epochs it reaches kNN 0.69-0.71 against 0.557 for the random-init encoder.
 """
 
 from __future__ import annotations
@@ -84,9 +86,9 @@ class SwAV(Method):
     Config = SwAVConfig
     OPTIMIZER = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
     # Measured on digits (8 px, ResNet-18 x0.125, batch 128, 10 epochs; module docstring): SGD, few
-    # prototypes for 1.4k images, larger crops, no local crops.
-    SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 64, "num_prototypes": 30,
-                          "num_local_crops": 0, "global_crop_scale_min": 0.6, "local_crop_scale_min": 0.3,
+    # prototypes for 1.4k images, sharper codes, large crops, no local crops.
+    SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 64, "num_prototypes": 30, "epsilon": 0.03,
+                          "num_local_crops": 0, "global_crop_scale_min": 0.8, "local_crop_scale_min": 0.3,
                           "local_crop_size_fraction": 0.75, "queue_size": 0}
     SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 1}
 
