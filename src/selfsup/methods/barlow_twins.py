@@ -13,8 +13,10 @@ Defaults (Sec. 2 and the official repo): projector of 3 linear layers of 8192 (B
 first two), lambda 0.0051 (the paper's 5e-3; 0.0051 in the code), LARS lr 0.2 x batch/256 for
 weights and 0.0048 x batch/256 for biases and BN parameters (``bias_lr_multiplier`` 0.024;
 these get neither weight decay nor LARS adaptation), weight decay 1.5e-6, 10 warm-up epochs,
-cosine; BYOL's asymmetric views. Small-image recipe: narrower projector, lr measured on digits
-(BENCHMARKS.md).
+cosine; BYOL's asymmetric views. Small-image recipe: a projector of 1024, the paper's lr, measured
+on digits (10 epochs, batch 128: kNN 0.65 / 0.64 / 0.60 for seeds 0 / 1 / 2 against 0.56 / 0.57 /
+0.58 for the random-init encoder; lr 0.1-2, lambda 0.02-0.04 and projectors of 512 or 2048 were
+no better).
 """
 
 from __future__ import annotations

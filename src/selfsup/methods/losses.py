@@ -99,7 +99,8 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
         return on_diag + lambd * off_diagonal(c).pow(2).sum()
 
 
-def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor,
+                 eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three VICReg terms (Bardes et al. 2022, Eqs. 1-5), as in the official code.
 
     invariance s = MSE(z1, z2) (mean over rows and dimensions); variance v = mean_j relu(1 - sqrt(Var z_j + eps)),

@@ -10,13 +10,21 @@ MoCo (He et al., CVPR 2020), Algorithm 1, with v2's MLP head, blur augmentation 
 The keys are enqueued after the loss of the step is computed against the queue as it was
 (the loss uses a copy of it). ``symmetric=True`` adds the swapped term loss(q2, k1) and enqueues
 both key batches (the symmetrised MoCo of SimSiam's Table 4 and of the official CIFAR demo).
-Not implemented: shuffling BN across GPUs (Sec. 3.3 of MoCo); the head of v2 has no BN.
+Not implemented: Shuffle BN (MoCo Sec. 3.3, per-GPU BN of the key encoder over a shuffled batch).
+On several processes BN is per process, as in the paper (``sync_batchnorm = False``; without the
+shuffle the positive key shares its sub-batch statistics with its query); ``--sync-bn`` gives
+global statistics, with which N processes compute what one process computes. The head of v2 has
+no BN.
 
-Defaults (v2, Sec. 2-3 and the official repo): queue 65,536, temperature 0.2, momentum 0.999
+Defaults (v2, Sec. 2-3 and the official repo): queue 65,536, temperature 0.2, key momentum 0.999
 (fixed), MLP head 2048 -> 128 without BN, SGD lr 0.03 x batch/256, weight decay 1e-4, momentum
 0.9, cosine, no warm-up; symmetric views with colour jitter (0.4, 0.4, 0.4, 0.1) p 0.8,
-grayscale 0.2, blur p 0.5. Small-image recipe: the official CIFAR demo's queue 4096, momentum
-0.99 and symmetric loss, the rest measured on digits (BENCHMARKS.md).
+grayscale 0.2, blur p 0.5. Small-image recipe: the official CIFAR demo's queue 4096, key
+momentum 0.99, symmetric loss and weight decay 5e-4; measured on digits (10 epochs, batch 128):
+BN in the head's hidden layer (without it the projections collapse to one direction and kNN
+stays at the random-init 0.56) and SGD lr 0.3 x batch/256 (0.1 and 1.0: 0.60 with a queue of
+1024): kNN 0.69 / 0.74 / 0.60 for seeds 0 / 1 / 2 against 0.56 / 0.57 / 0.58 at random init.
+The projections stay in a narrow cone (the collapse monitor warns) on such short runs.
 """
 
 from __future__ import annotations
@@ -44,12 +52,11 @@ class MoCoConfig:
     projection_dim: int = 128
     queue_size: int = 65536
     temperature: float = 0.2
-    momentum: float = 0.999
-    momentum_schedule: bool = False  # True: cosine increase of m to 1 (as BYOL's tau)
+    key_momentum: float = 0.999
+    key_momentum_schedule: bool = False  # True: cosine increase of m to 1 (as BYOL's tau)
     symmetric: bool = False
     jitter_strength: float = 0.5  # colour jitter (0.4, 0.4, 0.4, 0.1)
     head_norm: str = "none"
-    head_last_norm: bool = False  # True: BN without affine on the head's output (MoCo v3's projector)
 
 
 class MoCo(Method):
@@ -57,8 +64,8 @@ class MoCo(Method):
     Config = MoCoConfig
     OPTIMIZER = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0}
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 128, "queue_size": 4096,
-                          "momentum": 0.99, "temperature": 0.2, "symmetric": True}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.06, "weight_decay": 5e-4, "warmup_epochs": 0}
+                          "key_momentum": 0.99, "symmetric": True, "head_norm": "batchnorm"}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.3, "weight_decay": 5e-4, "warmup_epochs": 0}
     # MoCo v1/v2 normalise per GPU (with shuffling BN, not implemented here); --sync-bn makes an
     # N-process run compute exactly what one process computes on the global batch.
     sync_batchnorm = False
@@ -66,8 +73,7 @@ class MoCo(Method):
     def __init__(self, encoder: nn.Module, config: MoCoConfig) -> None:
         super().__init__(encoder, config)
         c = config
-        self.projector = mlp(self.feature_dim, c.projector_hidden_dim, c.projection_dim, norm=c.head_norm,
-                             last_norm=c.head_last_norm)
+        self.projector = mlp(self.feature_dim, c.projector_hidden_dim, c.projection_dim, norm=c.head_norm)
         self.key_encoder = frozen_copy(encoder)
         self.key_projector = frozen_copy(self.projector)
         self.queue = FeatureQueue(c.queue_size, c.projection_dim, init="random")
@@ -97,12 +103,12 @@ class MoCo(Method):
                           metrics={"infonce": loss.detach()})
 
     def momentum_at(self, step: int, total_steps: int) -> float:
-        if self.config.momentum_schedule:
-            return cosine_tau(step, total_steps, self.config.momentum)
-        return self.config.momentum
+        if self.config.key_momentum_schedule:
+            return cosine_tau(step, total_steps, self.config.key_momentum)
+        return self.config.key_momentum
 
     def on_step_end(self, step: int, total_steps: int) -> dict[str, float]:
         m = self.momentum_at(step, total_steps)
         ema_update(self.key_encoder, self.encoder, m)
         ema_update(self.key_projector, self.projector, m)
-        return {"momentum": m}
+        return {"key_momentum": m}

@@ -15,8 +15,9 @@ Defaults (Sec. 4, "Implementation details"): projector 3 layers [2048, 2048, 256
 every layer (the last without affine parameters here) and ReLU after all but the last, predictor
 [4096, 256] (BN + ReLU in the hidden layer), support set 98,304, temperature 0.1, LARS lr 0.3 x
 batch/256 (SimCLR's rule), weight decay 1e-6, 10 warm-up epochs, cosine; BYOL's asymmetric
-views. Small-image recipe: narrower heads and a support set of a few batches, measured on digits
-(BENCHMARKS.md).
+views. Small-image recipe, measured on digits (10 epochs, batch 128): narrower heads, a support
+set of 512 (four batches) and LARS lr 2 x batch/256: kNN 0.69 against 0.56 for the random-init
+encoder (with a set of 1024: 0.61 at lr 2, 0.66 at lr 4, 0.65 at temperature 0.2).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class NNCLR(Method):
     Config = NNCLRConfig
     OPTIMIZER = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 128, "predictor_hidden_dim": 512,
-                          "queue_size": 1024}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 1.0, "weight_decay": 1e-6, "warmup_epochs": 1}
+                          "queue_size": 512}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 2.0, "weight_decay": 1e-6, "warmup_epochs": 1}
 
     def __init__(self, encoder: nn.Module, config: NNCLRConfig) -> None:
         super().__init__(encoder, config)

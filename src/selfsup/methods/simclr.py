@@ -12,8 +12,10 @@ Defaults (Sec. 2.3, Sec. 5.1 / Table 5, Appendix A-B): LARS, lr 0.3 x batch/256,
 projector of hidden size 2048 (the ResNet-50 feature size) to 128. Symmetric views: crop, flip,
 colour jitter of strength s (0.8s, 0.8s, 0.8s, 0.2s) with p 0.8, grayscale 0.2, blur 0.5
 (Appendix A). Small-image recipe: the CIFAR-10 recipe of Appendix B.9 and the official repo's
-README (temperature 0.5, jitter strength 0.5, no blur, LARS lr 1.0, weight decay 1e-6), heads
-narrowed, the rest measured on digits (BENCHMARKS.md).
+README (temperature 0.5, jitter strength 0.5, no blur, weight decay 1e-6), a narrower head, and
+LARS lr 6.0 x batch/256, measured on digits (10 epochs, batch 128: lr 2 / 4 / 6 give kNN
+0.63 / 0.72 / 0.73 against 0.56 for the random-init encoder; temperature 0.2: 0.68; with LARS'
+trust coefficient of 1e-3 the weights need a large lr to move within a short run).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class SimCLR(Method):
     OPTIMIZER = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 128, "temperature": 0.5,
                           "jitter_strength": 0.5}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 1.0, "weight_decay": 1e-6, "warmup_epochs": 1}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 6.0, "weight_decay": 1e-6, "warmup_epochs": 1}
 
     def __init__(self, encoder: nn.Module, config: SimCLRConfig) -> None:
         super().__init__(encoder, config)

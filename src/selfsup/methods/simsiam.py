@@ -13,8 +13,10 @@ warm-up; MoCo v2's symmetric views. Deviations: the paper keeps the predictor's 
 decay, Sec. 4.3 / Table 1 "fix lr"); the training loop scales every group's lr by the schedule,
 so only a constant ``predictor_lr_multiplier`` is available here. The generic optimiser exempts
 biases and norm parameters from weight decay (the paper decays all). Small-image recipe: the
-paper's CIFAR setting (Appendix D: a 2-layer projector) with narrower heads, the lr measured on
-digits (BENCHMARKS.md).
+paper's CIFAR setting (Appendix D: a 2-layer projector, weight decay 5e-4) with narrower heads and
+SGD lr 0.3 x batch/256, measured on digits (10 epochs, batch 128: kNN 0.64 against 0.56 for the
+random-init encoder with seed 0, but below it with seeds 1 and 2 at every lr tried, 0.02-0.8:
+SimSiam learns its pretext task there while its features lose rank; it needs far longer runs).
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ class SimSiam(Method):
     Config = SimSiamConfig
     OPTIMIZER = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4, "warmup_epochs": 0}
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 512, "projector_layers": 2,
-                          "predictor_hidden_dim": 128}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.06, "weight_decay": 5e-4, "warmup_epochs": 0}
+                          "predictor_hidden_dim": 512}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.3, "weight_decay": 5e-4, "warmup_epochs": 0}
 
     def __init__(self, encoder: nn.Module, config: SimSiamConfig) -> None:
         super().__init__(encoder, config)

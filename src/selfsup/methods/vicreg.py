@@ -12,8 +12,14 @@ are those of the global batch.
 
 Defaults (Sec. 4.1 and the official repo): lambda = mu = 25, nu = 1; expander of 3 linear layers
 of 8192 (BN + ReLU after the first two); LARS lr 0.2 x batch/256 (``--base-lr 0.2``), weight
-decay 1e-6, 10 warm-up epochs, cosine; BYOL's asymmetric views. Small-image recipe: narrower
-expander, lr measured on digits (BENCHMARKS.md).
+decay 1e-6, 10 warm-up epochs, cosine; BYOL's asymmetric views (the official code gives biases and
+norm parameters the same lr, without LARS adaptation: ``bias_lr_multiplier`` 1). Small-image
+recipe, measured on digits (10 epochs, batch 128): an expander of 1024, LARS lr 10 x batch/256 for
+the weights and 0.05 of it for biases and norm parameters, weight decay 1e-4 (CIFAR recipes such
+as solo-learn's use a LARS trust coefficient of 0.02; with this LARS' 1e-3 the weights need a
+~20x larger lr, which the unadapted biases and norm parameters must not get). kNN 0.78 against
+0.56 for the random-init encoder (lr 3: 0.70, 6: 0.75); with one lr for all parameters, lr 0.1
+and 0.3 stay below random init.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ class VICReg(Method):
     Config = VICRegConfig
     OPTIMIZER = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1e-6, "warmup_epochs": 10}
     SMALL_IMAGE_RECIPE = {"expander_hidden_dim": 1024, "embedding_dim": 1024, "bias_lr_multiplier": 0.05}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 6.0, "weight_decay": 1e-4, "warmup_epochs": 1}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 10.0, "weight_decay": 1e-4, "warmup_epochs": 1}
 
     def __init__(self, encoder: nn.Module, config: VICRegConfig) -> None:
         super().__init__(encoder, config)
