@@ -15,8 +15,33 @@ import json
 import os
 import platform
 import sys
+from typing import Any
+
+import torch
 
 from selfsup.api import train
+
+
+SUMMARY_KEYS = ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1", "raw_pixels_knn_top1",
+                "raw_pixels_linear_top1", "images_per_second", "seconds", "peak_memory_mb", "device", "steps")
+
+
+def run_protocol(method: str = "byol", recipe: str = "small", subset: int = 10000, epochs: int = 5,
+                 batch_size: int = 256, width: float = 0.25, seed: int = 0, out: str = "runs/bench-byol-fmnist",
+                 baselines: bool = True) -> dict[str, Any]:
+    """Train ``method`` under the CPU protocol and return the benchmark's JSON record."""
+    summary = train(method=method, data="fashion-mnist", subset=subset, backbone="resnet18", width=width,
+                    epochs=epochs, batch_size=batch_size, recipe=recipe, seed=seed, out=out, overwrite=True,
+                    progress=False, baselines=baselines)
+    return {
+        "method": method, "recipe": recipe, "subset": subset, "epochs": epochs, "batch_size": batch_size,
+        "width": width, "seed": seed, **{k: summary[k] for k in SUMMARY_KEYS if k in summary},
+        "final_std_scaled": summary["final_metrics"].get("std_scaled"),
+        "final_rankme": summary["final_metrics"].get("rankme"),
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "versions": summary["versions"],
+        "date": datetime.date.today().isoformat(),
+    }
 
 
 def main() -> None:
@@ -30,20 +55,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-byol-fmnist")
     args = parser.parse_args()
-    summary = train(method=args.method, data="fashion-mnist", subset=args.subset, backbone="resnet18",
-                    width=args.width, epochs=args.epochs, batch_size=args.batch_size, recipe=args.recipe,
-                    seed=args.seed, out=args.out, overwrite=True, progress=False)
-    keys = ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1", "raw_pixels_knn_top1",
-            "raw_pixels_linear_top1", "images_per_second", "seconds", "peak_memory_mb", "device", "steps")
-    print(json.dumps({
-        "benchmark": "byol_fmnist", "method": args.method, "recipe": args.recipe, "subset": args.subset,
-        "epochs": args.epochs, "batch_size": args.batch_size, "width": args.width, "seed": args.seed,
-        **{k: summary[k] for k in keys},
-        "final_std_scaled": summary["final_metrics"].get("std_scaled"),
-        "final_rankme": summary["final_metrics"].get("rankme"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "versions": summary["versions"],
-        "date": datetime.date.today().isoformat(), "command": " ".join([sys.executable.split('/')[-1], *sys.argv]),
-    }, indent=2))
+    record = run_protocol(args.method, args.recipe, args.subset, args.epochs, args.batch_size, args.width,
+                          args.seed, args.out)
+    print(json.dumps({"benchmark": "byol_fmnist", **record,
+                      "command": " ".join([sys.executable.split('/')[-1], *sys.argv])}, indent=2))
 
 
 if __name__ == "__main__":

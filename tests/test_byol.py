@@ -124,6 +124,23 @@ def test_negatives_beta_zero_is_plain_byol_and_beta_adds_nt_xent():
     assert c.loss.item() == pytest.approx(a.loss.item() + c.metrics["contrastive_loss"].item(), rel=1e-6)
 
 
+def test_contrastive_only_variant_is_nt_xent_of_the_online_projections():
+    """bootstrap_weight 0, beta 1, no predictor, target = online with gradient: SimCLR's loss."""
+    views = [torch.randn(8, 1, 16, 16), torch.randn(8, 1, 16, 16)]
+    model = tiny_byol(bootstrap_weight=0.0, negatives_beta=1.0, predictor=False, target="none",
+                      stop_gradient=False, negatives_temperature=0.2)
+    model.eval()
+    out = model.training_step(views)
+    with torch.no_grad():
+        z1, z2 = (model.projector(model.encoder(v)) for v in views)
+    expected = nt_xent_loss(z1, z2, 0.2) + nt_xent_loss(z2, z1, 0.2)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    out.loss.backward()  # gradients reach the encoder through both branches
+    assert all(p.grad is not None for p in model.projector.parameters())
+    with pytest.raises(ValueError, match="--bootstrap-weight"):
+        BYOLConfig(bootstrap_weight=0.0)
+
+
 def test_target_none_uses_online_weights():
     model = tiny_byol(target="none")
     assert not hasattr(model, "target_encoder")

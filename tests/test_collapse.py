@@ -7,7 +7,6 @@ Short digits runs with a fixed seed; the std monitor (std of L2-normalised proje
 import json
 
 import pytest
-import torch
 
 from selfsup.api import train
 
@@ -15,12 +14,7 @@ RUN = dict(method="byol", data="digits", backbone="resnet18", width=0.125, epoch
            progress=False, eval_after=False, log_every=5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _std_trace(run_dir):
@@ -29,14 +23,16 @@ def _std_trace(run_dir):
 
 
 def test_no_predictor_collapses_and_is_flagged(tmp_path, capsys):
-    train(out=str(tmp_path / "no-pred"), predictor=False, **RUN)
+    summary = train(out=str(tmp_path / "no-pred"), predictor=False, **RUN)
     trace = _std_trace(tmp_path / "no-pred")
     assert max(trace[-3:]) < 0.1
     assert "collapse" in capsys.readouterr().out
+    assert summary["collapse_warning_steps"]  # recorded in summary.json too
 
 
 def test_with_predictor_does_not_collapse(tmp_path, capsys):
-    train(out=str(tmp_path / "pred"), **RUN)
+    summary = train(out=str(tmp_path / "pred"), **RUN)
     trace = _std_trace(tmp_path / "pred")
     assert min(trace[-3:]) > 0.4
     assert "collapse" not in capsys.readouterr().out
+    assert summary["collapse_warning_steps"] == []

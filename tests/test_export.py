@@ -21,13 +21,7 @@ TINY = dict(method="byol", data="digits", backbone="resnet18", epochs=1, batch_s
             projector_hidden_dim=64, projection_dim=32, predictor_hidden_dim=64, eval_after=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast idle and far faster on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -185,6 +185,16 @@ def test_moco_step_uses_old_queue_then_enqueues_current_keys(symmetric):
     assert int(model.queue.ptr) == len(new)
 
 
+def test_moco_keys_use_batch_statistics_of_their_own_group():
+    """Shuffle BN's role: with key_bn_rows=4 each group of 4 keys is normalised over itself only."""
+    views = two_views(8)
+    grouped, whole = tiny("moco", key_bn_rows=4), tiny("moco", key_bn_rows=0)
+    keys = grouped.keys(views[0])
+    halves = torch.cat([whole.keys(views[0][:4]), whole.keys(views[0][4:])])
+    torch.testing.assert_close(keys, halves)
+    assert (keys - whole.keys(views[0])).abs().max() > 1e-3  # whole-batch statistics differ
+
+
 def test_moco_key_encoder_gets_no_gradient_and_follows_by_momentum():
     model = tiny("moco")
     model.training_step(two_views()).loss.backward()
@@ -512,16 +522,6 @@ def test_two_processes_match_the_global_batch(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # End to end: a short run on digits beats the random-init encoder of the same architecture
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: the numbers below do not depend on the machine's core count, and runs
-    do not slow down by an order of magnitude when the CPU is shared (two spinning threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # method -> (epochs, margin). Measured with seed 0, batch 128, the small-image recipe, one thread

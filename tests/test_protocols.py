@@ -25,13 +25,7 @@ from selfsup.evaluation.semi import balanced_subset, parse_semi, semi_slug
 MEAN, STD = [0.3, 0.3, 0.3], [0.3, 0.3, 0.3]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine (no OpenMP waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PATTERNS = [(0,), (1,), (2,), (0, 1), (1, 2), (0, 2)]  # class -> its bright channels

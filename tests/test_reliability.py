@@ -138,13 +138,7 @@ def spawn():
             proc.wait()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny in-process runs: one intra-op thread (2 threads on a loaded 2-core machine spin-wait 5x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -529,6 +523,9 @@ def test_eval_missing_run_folder_exits_2(tmp_path, capsys):
     (["--lr", "-1"], "--lr"),
     (["--method", "byol", "--queue-size", "5"], "--queue-size"),  # a MoCo option, not BYOL's
     (["--method", "simclr", "--tau-base", "0.9"], "--tau-base"),  # a BYOL option, not SimCLR's
+    (["--target", "online"], "--target"),  # checked by the method's config before anything is written
+    (["--bootstrap-weight", "0"], "--bootstrap-weight"),
+    (["--method", "swav", "--num-local-crops", "-1"], "--num-local-crops"),
 ])
 def test_train_bad_options_exit_2_and_write_nothing(tmp_path, capsys, argv, named):
     out = tmp_path / "run"

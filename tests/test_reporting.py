@@ -24,14 +24,7 @@ TINY = dict(method="byol", data="digits", backbone="resnet18", width=0.125, epoc
 RUN_PLOTS = ("loss", "lr", "tau", "std_scaled", "rankme", "alignment_uniformity", "cosine")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on 8x8 images: one thread is as fast, and spares a busy machine from spin-waiting
-    thread pools (measured: the fixture run takes 3 s of CPU on one thread, ~50 s on several)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +180,15 @@ def test_report_cli(run_dir, reported, capsys):
     assert main(["report", str(run_dir), "--no-html"]) == 0
     assert "std_scaled.png" in capsys.readouterr().out
     assert main(["report", str(run_dir.parent / "nothing-here")]) == 2
+
+
+def test_report_of_a_vit_run_shows_its_attention_maps(tmp_path, reported):
+    out = tmp_path / "dino-vit"
+    train(method="dino", data="digits", subset=300, backbone="vit_tiny", width=0.25, epochs=1, batch_size=64,
+          progress=False, out=str(out))
+    result = report(out, device="cpu", progress=False, max_points=100, max_gallery=200)
+    image = _check_png(result.images["attention"].read_bytes())
+    assert image.size[1] > image.size[0] / 2  # 8 rows of image + 3 heads + mean
+    page = result.html.read_text(encoding="utf-8")
+    assert "Attention maps" in page and "[CLS] token" in page
+    assert "attention" not in reported.images  # a ResNet run has none

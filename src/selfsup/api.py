@@ -8,7 +8,6 @@ import json
 import platform
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -251,7 +250,8 @@ def _train(cfg: TrainConfig, info: dist_train.DistInfo) -> dict[str, Any]:
         "batch_size": cfg.batch_size, "steps": result.steps, "seconds": result.seconds,
         "images_per_second": result.images_per_second, "device": str(device), "precision": precision,
         "peak_memory_mb": _peak_memory_mb(device), "recipe": resolved.recipe, "versions": versions(),
-        "final_metrics": result.last_metrics, "processes": world, "sync_bn": sync_bn,
+        "final_metrics": result.last_metrics, "collapse_warning_steps": result.collapse_warning_steps,
+        "processes": world, "sync_bn": sync_bn,
     }
     if world > 1:  # training is done everywhere; rank 0 evaluates alone, the others return
         dist_train.teardown()
@@ -261,7 +261,8 @@ def _train(cfg: TrainConfig, info: dist_train.DistInfo) -> dict[str, Any]:
         summary["skipped_files"] = len(split.skipped)
     if cfg.eval_after and split.train.labels is not None:
         eval_split = _load_split(cfg) if cfg.holdout_classes else split  # labels of every class
-        summary.update(_frozen_table(method.encoder, cfg, resolved, eval_split, mean, std, device))
+        summary.update(_frozen_table(method.encoder, cfg, resolved, eval_split, mean, std, device,
+                                     baselines=cfg.baselines))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -281,17 +282,20 @@ def knn_check(split: DataSplit, size: int, mean: list[float], std: list[float], 
 
 def _frozen_table(encoder: nn.Module, cfg: TrainConfig, resolved: Resolved, split: DataSplit,
                   mean: list[float], std: list[float], device: torch.device,
-                  protocols: Sequence[str] = PROTOCOLS_FROZEN) -> dict[str, float]:
-    """Learned, random-init and raw-pixel scores, flat: ``knn_top1``, ``random_init_knn_top1``..."""
+                  protocols: Sequence[str] = PROTOCOLS_FROZEN, baselines: bool = True) -> dict[str, float]:
+    """Learned, random-init and raw-pixel scores, flat: ``knn_top1``, ``random_init_knn_top1``...
+
+    ``baselines=False`` scores the learned encoder only.
+    """
     size = resolved.image_size
-    random_init = build_method(cfg, resolved, split.train.channels,
-                               seed=derived_seed(cfg.seed, "random-init")).encoder
-    out: dict[str, float] = {}
-    for prefix, scores in (
-            ("", evaluate_encoder(encoder, split, size, mean, std, protocols, device, cfg.seed)),
-            ("random_init_", evaluate_encoder(random_init, split, size, mean, std, protocols, device, cfg.seed)),
-            ("raw_pixels_", evaluate_raw_pixels(split, size, mean, std, protocols, cfg.seed))):
-        out.update({prefix + k: v for k, v in scores.items()})
+    out = dict(evaluate_encoder(encoder, split, size, mean, std, protocols, device, cfg.seed))
+    if baselines:
+        random_init = build_method(cfg, resolved, split.train.channels,
+                                   seed=derived_seed(cfg.seed, "random-init")).encoder
+        for prefix, scores in (
+                ("random_init_", evaluate_encoder(random_init, split, size, mean, std, protocols, device, cfg.seed)),
+                ("raw_pixels_", evaluate_raw_pixels(split, size, mean, std, protocols, cfg.seed))):
+            out.update({prefix + k: v for k, v in scores.items()})
     return out
 
 
@@ -441,7 +445,8 @@ def report(run_dir: str | Path, html: bool = True, device: str = "auto", max_poi
     The page adds a 2-D map of at most ``max_points`` test embeddings (``embedding``: auto = UMAP
     when ``umap-learn`` is installed, else t-SNE), ``queries`` retrieval queries with their
     ``neighbors`` nearest training images (among at most ``max_gallery``), the augmentation preview,
-    and the tables of ``summary.json`` and ``eval/*.json``.
+    the [CLS] attention maps of 8 test images when the backbone is a ViT (``attention.png``), and
+    the tables of ``summary.json`` and ``eval/*.json``.
     """
     from selfsup.reporting.report import build_report
 

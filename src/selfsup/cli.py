@@ -15,7 +15,6 @@ from typing import Any, Sequence
 
 from selfsup.config import TRAIN_FIELDS, ConfigError, TrainConfig, method_option_types
 from selfsup.data.sources import DATA_SPECS, DataSpecError
-from selfsup.evaluation.frozen import PROTOCOLS_FROZEN
 from selfsup.methods import METHODS
 
 _HELP = {
@@ -35,6 +34,8 @@ _HELP = {
                      "about 15 percent faster for ResNets; results differ from NCHW by float rounding)",
     "devices": "train on N processes (N GPUs of this machine, or N CPU processes), started through torchrun; "
                "--batch-size stays the global batch",
+    "baselines": "at the end, also score a random-init encoder of the same architecture and raw pixels "
+                 "(--no-baselines for sweeps that score them once)",
     "sync_bn": "BatchNorm statistics over the global batch when on several processes (default: the method's; "
                "on for all but moco)",
 }

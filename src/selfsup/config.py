@@ -20,7 +20,8 @@ SMALL_IMAGE_MAX = 64  # images up to this size use the small-image recipe and st
 SMALL_IMAGE_CROP_SCALE = (0.2, 1.0)  # crops below ~20% of a 28-px image keep almost nothing
 # SimCLR's CIFAR-10 recipe (Chen et al. 2020, Appendix B.9) drops the blur at 32 px.
 SMALL_IMAGE_VIEW_OVERRIDES: dict[str, float] = {"blur_p": 0.0}
-# Augmentation ablations (BYOL Table 5b): each name switches off one operation in every view.
+# Augmentation ablations (BYOL Fig. 3b / Table 17): each name switches off one operation in every view;
+# crop_only keeps the flip (the paper's "crop + flip only" row).
 AUGMENT_OFF: dict[str, dict[str, float]] = {
     "jitter": {"jitter_p": 0.0},
     "grayscale": {"grayscale_p": 0.0},
@@ -77,6 +78,7 @@ class TrainConfig:
     online_probe: bool = True  # linear classifier on detached features during training (needs labels)
     knn_every: int = 0  # epochs between kNN checks on the test split during training; 0: never
     eval_after: bool = True  # kNN + linear probe (and random-init / raw-pixel baselines) at the end
+    baselines: bool = True  # with eval_after: also score a random-init encoder and raw pixels (off for sweeps)
     progress: bool = True
     resume: bool = False
     overwrite: bool = False
@@ -142,6 +144,10 @@ def validate(cfg: TrainConfig) -> None:
     for name in cfg.method_options:
         _check(name in known, name, f"is not an option of method {cfg.method!r}; its options: "
                f"{', '.join(sorted(known))}")
+    try:  # each method's config checks its own values
+        METHODS[cfg.method].Config(**cfg.method_options)
+    except ValueError as e:
+        raise ConfigError(f"{cfg.method} options: {e}") from e
 
 
 @dataclass

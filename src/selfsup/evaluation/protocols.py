@@ -41,14 +41,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.data.augment import to_float
 from selfsup.data.dataset import DataSplit, ImageDataset
 from selfsup.evaluation.features import extract_features
 from selfsup.evaluation.fewshot import METRICS as FEWSHOT_METRICS

@@ -7,7 +7,9 @@
 
 Switches for the paper's ablations (Sec. 5, Appendix F): no predictor, no stop-gradient,
 no EMA (target = online weights, tau = 0), fixed target (tau = 1), a predictor learning-rate
-multiplier, and beta times an NT-Xent term with negatives (the BYOL-to-SimCLR bridge).
+multiplier, and beta times an NT-Xent term with negatives (the BYOL-to-SimCLR bridge, Sec. 5 and
+Appendix G). ``bootstrap_weight=0`` with ``negatives_beta=1``, no predictor, ``target="none"`` and no
+stop-gradient leaves the contrastive term alone: SimCLR expressed in BYOL's code.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ class BYOLConfig:
     predictor_lr_multiplier: float = 1.0
     negatives_beta: float = 0.0
     negatives_temperature: float = 0.1
+    bootstrap_weight: float = 1.0  # weight of the BYOL regression term (0: contrastive term only)
+
+    def __post_init__(self) -> None:
+        if self.target not in ("ema", "none"):
+            raise ValueError(f"--target: must be 'ema' or 'none', got {self.target!r}")
+        if self.bootstrap_weight == 0 and self.negatives_beta == 0:
+            raise ValueError("--bootstrap-weight: 0 needs --negatives-beta > 0 (otherwise there is no loss)")
     head_norm: str = "batchnorm"
 
 
@@ -54,8 +63,6 @@ class BYOL(Method):
 
     def __init__(self, encoder: nn.Module, config: BYOLConfig) -> None:
         super().__init__(encoder, config)
-        if config.target not in ("ema", "none"):
-            raise ValueError(f"byol: target must be 'ema' or 'none', got {config.target!r}")
         c = config
         self.projector = mlp(self.feature_dim, c.projector_hidden_dim, c.projection_dim, norm=c.head_norm)
         self.predictor = (mlp(c.projection_dim, c.predictor_hidden_dim, c.projection_dim, norm=c.head_norm)
@@ -81,8 +88,9 @@ class BYOL(Method):
             t1, t2 = self._target(v1), self._target(v2)
         if self.config.stop_gradient:
             t1, t2 = t1.detach(), t2.detach()
-        loss = byol_loss(p1, t2) + byol_loss(p2, t1)
-        metrics = {"byol_loss": loss.detach()}
+        bootstrap = byol_loss(p1, t2) + byol_loss(p2, t1)
+        metrics = {"byol_loss": bootstrap.detach()}
+        loss = self.config.bootstrap_weight * bootstrap
         if self.config.negatives_beta:
             # NT-Xent of the local anchors against the global batch: on one process this is
             # nt_xent_loss(p1, t2) + nt_xent_loss(p2, t1); on several its mean over processes is.

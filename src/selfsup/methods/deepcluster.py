@@ -39,7 +39,7 @@ from torch import nn
 from selfsup.data.views import ViewSpec
 from selfsup.methods.base import Method, StepOutput
 from selfsup.methods.distributed import gather_no_grad
-from selfsup.methods.multicrop import crop_views, encode_crops
+from selfsup.methods.multicrop import SMALL_IMAGE_CROPS, MultiCropConfig, crop_views, encode_crops
 from selfsup.methods.swav import SWAV_VIEW
 from selfsup.models.heads import mlp
 
@@ -113,7 +113,7 @@ def deepcluster_loss(scores: list[torch.Tensor], targets: torch.Tensor, temperat
 
 
 @dataclass
-class DeepClusterV2Config:
+class DeepClusterV2Config(MultiCropConfig):
     """Official defaults (Caron et al. 2020, Appendix B; deepclusterv2_800ep_pretrain.sh)."""
 
     projector_hidden_dim: int = 2048
@@ -123,10 +123,13 @@ class DeepClusterV2Config:
     temperature: float = 0.1
     kmeans_iterations: int = 10
     kmeans_init: str = "random"  # "random" rows (official) or "kmeans++"
-    num_local_crops: int = 6
-    global_crop_scale_min: float = 0.14  # global crops cover (0.14, 1) of the image
-    local_crop_scale_min: float = 0.05  # local crops cover (0.05, 0.14)
-    local_crop_size_fraction: float = 96 / 224  # local side / global side
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_clusterings < 1:
+            raise ValueError(f"--num-clusterings: must be >= 1, got {self.num_clusterings}")
+        if self.kmeans_init not in KMEANS_INITS:
+            raise ValueError(f"--kmeans-init: must be one of {', '.join(KMEANS_INITS)}, got {self.kmeans_init!r}")
     head_norm: str = "batchnorm"
 
 
@@ -136,18 +139,12 @@ class DeepClusterV2(Method):
     OPTIMIZER = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
     # Measured on digits (BENCHMARKS.md).
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 64, "num_prototypes": 30,
-                          "num_local_crops": 0, "global_crop_scale_min": 0.6, "local_crop_scale_min": 0.3,
-                          "local_crop_size_fraction": 0.75}
+                          **SMALL_IMAGE_CROPS}
     SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.2, "weight_decay": 5e-4, "warmup_epochs": 1}
 
     def __init__(self, encoder: nn.Module, config: DeepClusterV2Config) -> None:
         super().__init__(encoder, config)
         c = config
-        if c.num_local_crops < 0 or c.num_clusterings < 1:
-            raise ValueError("deepcluster_v2: num_local_crops must be >= 0 and num_clusterings >= 1")
-        if c.kmeans_init not in KMEANS_INITS:
-            raise ValueError(f"deepcluster_v2: kmeans_init must be one of {', '.join(KMEANS_INITS)}, "
-                             f"got {c.kmeans_init!r}")
         self.projector = mlp(self.feature_dim, c.projector_hidden_dim, c.projection_dim, norm=c.head_norm)
         d = c.projection_dim
         self.register_buffer("prototypes", F.normalize(torch.randn(c.num_clusterings, c.num_prototypes, d), dim=2))

@@ -41,7 +41,7 @@ from selfsup.data.views import ViewSpec, byol_views
 from selfsup.methods.base import Method, StepOutput
 from selfsup.methods.distributed import all_reduce_sum
 from selfsup.methods.momentum import cosine_tau, ema_update, frozen_copy
-from selfsup.methods.multicrop import crop_views, encode_crops
+from selfsup.methods.multicrop import SMALL_IMAGE_CROPS, MultiCropConfig, crop_views, encode_crops
 from selfsup.models.norm import make_norm
 
 
@@ -108,7 +108,7 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
 
 
 @dataclass
-class DINOConfig:
+class DINOConfig(MultiCropConfig):
     """Paper defaults (Caron et al. 2021, Sec. 3-4, Appendix; official main_dino.py)."""
 
     head_hidden_dim: int = 2048
@@ -125,10 +125,8 @@ class DINOConfig:
     teacher_momentum: float = 0.996  # cosine increase to 1
     freeze_last_layer_epochs: int = 1
     clip_grad: float = 3.0  # per-parameter gradient norm; 0 disables
-    num_local_crops: int = 8
-    global_crop_scale_min: float = 0.4  # global crops cover (0.4, 1) of the image
-    local_crop_scale_min: float = 0.05  # local crops cover (0.05, 0.4)
-    local_crop_size_fraction: float = 96 / 224  # local side / global side
+    num_local_crops: int = 8  # 2 x 224 (0.4, 1) + 8 x 96 (0.05, 0.4)
+    global_crop_scale_min: float = 0.4
 
 
 class DINO(Method):
@@ -138,16 +136,12 @@ class DINO(Method):
     # Measured on digits (module docstring): BN in the head, a sharper constant teacher (0.04), SGD
     # as the official ResNet-50 run, larger crops, no local crops.
     SMALL_IMAGE_RECIPE = {"head_hidden_dim": 512, "bottleneck_dim": 64, "out_dim": 256, "head_norm": "batchnorm",
-                          "teacher_temperature": 0.04, "warmup_teacher_temperature_epochs": 0,
-                          "num_local_crops": 0, "global_crop_scale_min": 0.6, "local_crop_scale_min": 0.3,
-                          "local_crop_size_fraction": 0.75}
+                          "teacher_temperature": 0.04, "warmup_teacher_temperature_epochs": 0, **SMALL_IMAGE_CROPS}
     SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 1}
 
     def __init__(self, encoder: nn.Module, config: DINOConfig) -> None:
         super().__init__(encoder, config)
         c = config
-        if c.num_local_crops < 0:
-            raise ValueError(f"dino: num_local_crops must be >= 0, got {c.num_local_crops}")
         self.head = DINOHead(self.feature_dim, c.out_dim, c.head_hidden_dim, c.bottleneck_dim, c.head_layers,
                              c.head_norm, c.norm_last_layer)
         self.teacher_encoder = frozen_copy(encoder)

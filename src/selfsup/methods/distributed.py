@@ -18,18 +18,31 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every process along dim 0, keeping the gradient to every part.
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward sums the gradients of every process's loss and returns this
+    process's rows: each rank's local rows get the full gradient of the global loss (the bug of
+    gathers without backward, lightly #1528, does not arise). Equal batch sizes on every rank."""
 
-    Uses the autograd-aware ``torch.distributed.nn.all_gather``, whose backward sums the incoming
-    gradients over processes, so each rank's local rows get the full gradient of the global loss
-    (the bug of gathers without backward, lightly #1528, does not arise).
-    """
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.rows = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process along dim 0, keeping the gradient to every part."""
     if not is_distributed():
         return x
-    import torch.distributed.nn as dist_nn
-
-    return torch.cat(dist_nn.all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()

@@ -7,12 +7,34 @@ sees the crops of one resolution together.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from selfsup.data.views import ViewSpec, local_crop_size, multi_crop_views
+
+
+@dataclass
+class MultiCropConfig:
+    """Multi-crop options, SwAV's defaults: 2 global crops (0.14, 1) + 6 local crops (0.05, 0.14) at
+    96/224 of the global side. Methods' configs inherit these (and may change the defaults)."""
+
+    num_local_crops: int = 6
+    global_crop_scale_min: float = 0.14  # global crops cover (global_crop_scale_min, 1) of the image
+    local_crop_scale_min: float = 0.05  # local crops cover (local_crop_scale_min, global_crop_scale_min)
+    local_crop_size_fraction: float = 96 / 224  # local side / global side
+
+    def __post_init__(self) -> None:
+        if self.num_local_crops < 0:
+            raise ValueError(f"--num-local-crops: must be >= 0, got {self.num_local_crops}")
+
+
+# The small-image recipes' crops (measured on 8-px digits, BENCHMARKS.md): large global crops, and
+# no local crops, which hurt at that size; --num-local-crops turns them on at 3/4 of the side.
+SMALL_IMAGE_CROPS = {"num_local_crops": 0, "global_crop_scale_min": 0.6, "local_crop_scale_min": 0.3,
+                     "local_crop_size_fraction": 0.75}
 
 
 def crop_views(config: Any, size: int, global_views: list[ViewSpec], local_view: ViewSpec) -> list[ViewSpec]:

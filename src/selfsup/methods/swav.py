@@ -34,7 +34,7 @@ from torch import nn
 from selfsup.data.views import ViewSpec
 from selfsup.methods.base import Method, StepOutput
 from selfsup.methods.distributed import rank, world_size
-from selfsup.methods.multicrop import crop_views, encode_crops
+from selfsup.methods.multicrop import SMALL_IMAGE_CROPS, MultiCropConfig, crop_views, encode_crops
 from selfsup.methods.queue import FeatureQueue
 from selfsup.methods.sinkhorn import sinkhorn_knopp
 from selfsup.models.heads import mlp
@@ -62,7 +62,7 @@ def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature
 
 
 @dataclass
-class SwAVConfig:
+class SwAVConfig(MultiCropConfig):
     """Paper defaults (Caron et al. 2020, Sec. 4, Appendix A; official scripts)."""
 
     projector_hidden_dim: int = 2048
@@ -74,10 +74,6 @@ class SwAVConfig:
     freeze_prototypes_epochs: float = 1.0
     queue_size: int = 0  # 0: no queue (batch 4096); the paper's small-batch runs use 3840
     queue_start_epoch: int = 15
-    num_local_crops: int = 6
-    global_crop_scale_min: float = 0.14  # global crops cover (0.14, 1) of the image
-    local_crop_scale_min: float = 0.05  # local crops cover (0.05, 0.14)
-    local_crop_size_fraction: float = 96 / 224  # local side / global side
     head_norm: str = "batchnorm"
 
 
@@ -88,15 +84,12 @@ class SwAV(Method):
     # Measured on digits (8 px, ResNet-18 x0.125, batch 128, 10 epochs; module docstring): SGD, few
     # prototypes for 1.4k images, sharper codes, large crops, no local crops.
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 64, "num_prototypes": 30, "epsilon": 0.03,
-                          "num_local_crops": 0, "global_crop_scale_min": 0.8, "local_crop_scale_min": 0.3,
-                          "local_crop_size_fraction": 0.75, "queue_size": 0}
+                          **SMALL_IMAGE_CROPS, "global_crop_scale_min": 0.8, "queue_size": 0}
     SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 1}
 
     def __init__(self, encoder: nn.Module, config: SwAVConfig) -> None:
         super().__init__(encoder, config)
         c = config
-        if c.num_local_crops < 0:
-            raise ValueError(f"swav: num_local_crops must be >= 0, got {c.num_local_crops}")
         self.projector = mlp(self.feature_dim, c.projector_hidden_dim, c.projection_dim, norm=c.head_norm)
         self.prototypes = nn.Linear(c.projection_dim, c.num_prototypes, bias=False)
         self.normalize_prototypes()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,21 +65,30 @@ def save_attention_grid(vit: ViTBackbone, images: torch.Tensor, path: str | Path
     return path
 
 
+def _require_vit(run: Any) -> None:
+    if not isinstance(run.encoder, ViTBackbone):
+        raise ValueError(f"{run.path}: attention maps need a ViT backbone (vit_tiny, vit_small), "
+                         f"the run used {run.config.backbone!r}")
+
+
+def save_run_attention(run: Any, images: torch.Tensor, path: str | Path) -> Path:
+    """The grid for a loaded run (``selfsup.api.Run``) whose encoder is a ViT, on uint8 ``images``."""
+    _require_vit(run)
+    size = run.resolved.image_size
+    if tuple(images.shape[-2:]) != (size, size):
+        images = to_float(images, size)
+    return save_attention_grid(run.encoder, images, path, run.mean, run.std,
+                               title=f"{run.config.method} / {run.config.backbone}: [CLS] attention, last block")
+
+
 def attention_report(run_dir: str | Path, out: str | Path | None = None, n: int = 8, device: str = "cpu") -> Path:
     """``RUN_DIR/attention.png`` (or ``out``): attention maps of the run's ViT encoder on ``n`` test images."""
     from selfsup.api import _load_split, load_run
 
     run = load_run(run_dir, device=device)
-    if not isinstance(run.encoder, ViTBackbone):
-        raise ValueError(f"{run_dir}: attention maps need a ViT backbone (vit_tiny, vit_small), "
-                         f"the run used {run.config.backbone!r}")
+    _require_vit(run)  # before loading the data
     split = _load_split(run.config)
-    images = split.test.images[:n]
-    size = run.resolved.image_size
-    if tuple(images.shape[-2:]) != (size, size):
-        images = to_float(images, size)
-    return save_attention_grid(run.encoder, images, out or Path(run_dir) / "attention.png", run.mean, run.std,
-                               title=f"{run.config.method} / {run.config.backbone}: [CLS] attention, last block")
+    return save_run_attention(run, split.test.images[:n], out or Path(run_dir) / "attention.png")
 
 
-__all__ = ["attention_report", "save_attention_grid"]
+__all__ = ["attention_report", "save_attention_grid", "save_run_attention"]

@@ -300,6 +300,8 @@ def _representation_parts(run_dir: Path, out_dir: Path, device: str, max_points:
     from selfsup.data.sources import DataSpecError, load_data
     from selfsup.evaluation.features import extract_features
     from selfsup.evaluation.frozen import eval_preprocess
+    from selfsup.models.vit import ViTBackbone
+    from selfsup.reporting.attention import save_run_attention
     from selfsup.reporting.preview import save_preview
 
     parts: dict[str, tuple[bytes, str]] = {}
@@ -361,6 +363,16 @@ def _representation_parts(run_dir: Path, out_dir: Path, device: str, max_points:
                               "used in training; positions and axis values carry no meaning of their own.")
     else:
         result.notes.append("embedding map skipped: fewer than 5 test images")
+
+    # [CLS] attention maps (DINO, Caron et al. 2021, Fig. 1) when the backbone is a ViT
+    if isinstance(run.encoder, ViTBackbone) and len(split.test):
+        path = save_run_attention(run, split.test.images[:8], out_dir / "attention.png")
+        result.images["attention"] = path
+        parts["attention"] = (path.read_bytes(),
+                              "Where the [CLS] token of the last block attends, per head and averaged, on "
+                              f"{min(8, len(split.test))} test images (each map scaled to its own maximum). "
+                              "Heads that light up the object rather than the background are the DINO "
+                              "observation.")
 
     # nearest-neighbour retrieval grid
     if finite and len(test) and len(gallery):
@@ -511,6 +523,7 @@ def _render(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any], record
     for name, anchor, title, alt in (
             ("embedding", "embedding", "Embedding map", "2-D map of test embeddings coloured by label"),
             ("retrieval", "retrieval", "Nearest neighbours", "retrieval grid: queries and nearest training images"),
+            ("attention", "attention", "Attention maps", "ViT [CLS] attention maps per head"),
             ("views", "augmentations", "Augmentations", "training images and their augmented views")):
         if name in parts:
             png, caption = parts[name]

@@ -14,7 +14,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -73,6 +73,7 @@ class FitResult:
     seconds: float
     images_per_second: float
     last_metrics: dict[str, float]
+    collapse_warning_steps: list[int] = field(default_factory=list)  # steps where the std monitor warned
 
 
 def derived_seed(*parts: object) -> int:
@@ -172,6 +173,7 @@ def fit(method: Method, images: torch.Tensor, views: Sequence[ViewSpec], mean: S
                             **(extra_state or {})}, ckpt_path)
 
     watch = CollapseWatch()
+    warnings_at: list[int] = []
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
     last: dict[str, float] = {}
@@ -227,6 +229,7 @@ def fit(method: Method, images: torch.Tensor, views: Sequence[ViewSpec], mean: S
                     if out.embeddings is not None:
                         record.update(representation_metrics(*(gather_no_grad(e) for e in out.embeddings)))
                         if watch.update(record["std_scaled"]) and rank == 0:
+                            warnings_at.append(step)
                             tqdm.write(f"warning: representation collapse? normalised std x sqrt(d) = "
                                        f"{record['std_scaled']:.3f} at step {step}")
                     logger.log(record)
@@ -255,7 +258,7 @@ def fit(method: Method, images: torch.Tensor, views: Sequence[ViewSpec], mean: S
     seconds = time.perf_counter() - start
     trained = (step - start_step) * s.batch_size
     return FitResult(steps=step, seconds=seconds, images_per_second=trained / max(seconds, 1e-9),
-                     last_metrics=last)
+                     last_metrics=last, collapse_warning_steps=warnings_at)
 
 
 def augment_seed(seed: int, step: int, rank: int = 0, world_size: int = 1) -> int:
