@@ -525,10 +525,9 @@ def test_two_processes_match_the_global_batch(tmp_path):
 
 
 # method -> (epochs, margin). Measured with seed 0, batch 128, the small-image recipe, one thread
-# (kNN learned vs random init): simclr 0.733 vs 0.557, moco 0.627 (session 2's recipe: lr 0.1,
-# t 0.1, keys in groups of 32), simsiam 0.641, barlow_twins 0.649, vicreg 0.777, nnclr 0.694.
-# Each margin is about half the measured gain.
-E2E = {"simclr": (10, 0.08), "moco": (10, 0.035), "simsiam": (10, 0.04), "barlow_twins": (10, 0.04),
+# (kNN learned vs random init): simclr 0.733 vs 0.557, moco 0.685, simsiam 0.641, barlow_twins
+# 0.649, vicreg 0.777, nnclr 0.694. Each margin is about half the measured gain.
+E2E = {"simclr": (10, 0.08), "moco": (10, 0.06), "simsiam": (10, 0.04), "barlow_twins": (10, 0.04),
        "vicreg": (10, 0.1), "nnclr": (10, 0.06)}
 
 
