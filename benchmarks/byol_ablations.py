@@ -30,12 +30,10 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from selfsup.api import build_method, channel_stats, compare, pick_device, train
+from selfsup.api import baseline_scores, channel_stats, compare, pick_device, train
 from selfsup.config import TrainConfig, resolve
 from selfsup.data.sources import fashion_mnist_available, load_data
-from selfsup.evaluation.frozen import evaluate_encoder, evaluate_raw_pixels
 from selfsup.reporting.plots import figure_png
-from selfsup.train.loop import derived_seed
 
 BATCH_SIZES = (512, 256, 128, 64, 32)
 # The contrastive-only variant: no predictor, target = online network with gradients, the BYOL
@@ -77,11 +75,7 @@ def baselines(data: str, subset: int | None, width: float, seed: int) -> dict[st
     split = load_data(data, subset=subset, seed=seed, progress=False)
     resolved = resolve(cfg, split.train.images.shape[-1])
     mean, std = channel_stats(split)
-    encoder = build_method(cfg, resolved, split.train.channels, seed=derived_seed(seed, "random-init")).encoder
-    device = pick_device("auto")
-    rand = evaluate_encoder(encoder, split, resolved.image_size, mean, std, device=device, seed=seed)
-    raw = evaluate_raw_pixels(split, resolved.image_size, mean, std, seed=seed)
-    return {**{f"random_init_{k}": v for k, v in rand.items()}, **{f"raw_pixels_{k}": v for k, v in raw.items()}}
+    return baseline_scores(cfg, resolved, split, mean, std, pick_device("auto"))
 
 
 def table(results: list[dict[str, Any]], base: dict[str, float]) -> str:

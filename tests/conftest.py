@@ -12,3 +12,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _gloo_worker(rank: int, world: int, init_file: str, out_file: str, fn, args: tuple) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        result = fn(rank, world, *args)
+        if rank == 0:
+            torch.save(result, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def on_gloo_processes(fn, tmp_path, world: int = 2, args: tuple = ()):
+    """Run ``fn(rank, world, *args)`` (a module-level function) on ``world`` gloo CPU processes;
+    return rank 0's result."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    out_file = str(tmp_path / "dist.pt")
+    mp.spawn(_gloo_worker, args=(world, str(tmp_path / "init"), out_file, fn, args), nprocs=world, join=True)
+    return torch.load(out_file)

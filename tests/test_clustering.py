@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import on_gloo_processes
 
 from selfsup.data.augment import augment_views, sample_params
 from selfsup.data.views import local_crop_size, multi_crop_views
@@ -474,34 +475,21 @@ def test_short_cpu_run_beats_the_random_init_encoder(name, tmp_path):
 # Two processes (gloo): Sinkhorn sums and DINO's centre are reduced over the global batch
 
 
-def _dist_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+def _dist_worker(rank: int, world: int) -> dict[str, torch.Tensor]:
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        scores = torch.rand(12, 5, generator=torch.Generator().manual_seed(3)) * 2 - 1
-        codes = sinkhorn_knopp(scores[rank * 6:(rank + 1) * 6])
-        model = tiny("dino")
-        logits = torch.randn(12, 40, generator=torch.Generator().manual_seed(4))
-        model.update_center(logits[rank * 6:(rank + 1) * 6])
-        parts = [torch.empty_like(codes) for _ in range(world)]
-        dist.all_gather(parts, codes)
-        if rank == 0:
-            torch.save({"codes": torch.cat(parts), "center": model.center.clone()}, out_file)
-    finally:
-        dist.destroy_process_group()
+    scores = torch.rand(12, 5, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    codes = sinkhorn_knopp(scores[rank * 6:(rank + 1) * 6])
+    model = tiny("dino")
+    logits = torch.randn(12, 40, generator=torch.Generator().manual_seed(4))
+    model.update_center(logits[rank * 6:(rank + 1) * 6])
+    parts = [torch.empty_like(codes) for _ in range(world)]
+    dist.all_gather(parts, codes)
+    return {"codes": torch.cat(parts), "center": model.center.clone()}
 
 
 def test_two_processes_reduce_sinkhorn_and_centre_over_the_global_batch(tmp_path):
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    out_file = str(tmp_path / "dist.pt")
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True)
-    result = torch.load(out_file)
+    result = on_gloo_processes(_dist_worker, tmp_path)
     scores = torch.rand(12, 5, generator=torch.Generator().manual_seed(3)) * 2 - 1
     torch.testing.assert_close(result["codes"], sinkhorn_knopp(scores))
     model = tiny("dino")

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from conftest import on_gloo_processes
 
 from selfsup.methods import (METHODS, NNCLR, BarlowTwins, FeatureQueue, MoCo, SimCLR, SimSiam, VICReg)
 from selfsup.methods.losses import (barlow_twins_loss, infonce_queue_loss, negative_cosine_loss, nnclr_loss,
@@ -484,29 +485,13 @@ def _dist_result(name: str, views: list[torch.Tensor], rank: int = 0, world: int
     return {"loss": loss, "grads": grads, "buffers": buffers}
 
 
-def _dist_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        views = two_views(DIST_BATCH, seed=7)
-        results = {name: _dist_result(name, views, rank, world) for name in DIST_METHODS}
-        if rank == 0:
-            torch.save(results, out_file)
-    finally:
-        dist.destroy_process_group()
+def _dist_worker(rank: int, world: int) -> dict[str, dict]:
+    views = two_views(DIST_BATCH, seed=7)
+    return {name: _dist_result(name, views, rank, world) for name in DIST_METHODS}
 
 
 def test_two_processes_match_the_global_batch(tmp_path):
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    out_file = str(tmp_path / "dist.pt")
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), out_file), nprocs=2, join=True)
-    results = torch.load(out_file)
+    results = on_gloo_processes(_dist_worker, tmp_path)
     views = two_views(DIST_BATCH, seed=7)
     for name in DIST_METHODS:
         single, split = _dist_result(name, views), results[name]

@@ -280,22 +280,32 @@ def knn_check(split: DataSplit, size: int, mean: list[float], std: list[float], 
     return hook
 
 
+def random_init_encoder(cfg: TrainConfig, resolved: Resolved, in_channels: int) -> nn.Module:
+    """The run's backbone at initialisation, from a seed of its own: every comparison's floor."""
+    return build_method(cfg, resolved, in_channels, seed=derived_seed(cfg.seed, "random-init")).encoder
+
+
+def baseline_scores(cfg: TrainConfig, resolved: Resolved, split: DataSplit, mean: list[float], std: list[float],
+                    device: torch.device, protocols: Sequence[str] = PROTOCOLS_FROZEN) -> dict[str, float]:
+    """The floors every learned encoder is compared with, flat: ``random_init_knn_top1``,
+    ``raw_pixels_linear_top1``...: a random-init encoder of the run's architecture, and raw pixels."""
+    size = resolved.image_size
+    random_init = random_init_encoder(cfg, resolved, split.train.channels)
+    out: dict[str, float] = {}
+    for prefix, scores in (
+            ("random_init_", evaluate_encoder(random_init, split, size, mean, std, protocols, device, cfg.seed)),
+            ("raw_pixels_", evaluate_raw_pixels(split, size, mean, std, protocols, cfg.seed))):
+        out.update({prefix + k: v for k, v in scores.items()})
+    return out
+
+
 def _frozen_table(encoder: nn.Module, cfg: TrainConfig, resolved: Resolved, split: DataSplit,
                   mean: list[float], std: list[float], device: torch.device,
                   protocols: Sequence[str] = PROTOCOLS_FROZEN, baselines: bool = True) -> dict[str, float]:
-    """Learned, random-init and raw-pixel scores, flat: ``knn_top1``, ``random_init_knn_top1``...
-
-    ``baselines=False`` scores the learned encoder only.
-    """
-    size = resolved.image_size
-    out = dict(evaluate_encoder(encoder, split, size, mean, std, protocols, device, cfg.seed))
+    """Learned scores (``knn_top1``...) and, with ``baselines``, :func:`baseline_scores` beside them."""
+    out = dict(evaluate_encoder(encoder, split, resolved.image_size, mean, std, protocols, device, cfg.seed))
     if baselines:
-        random_init = build_method(cfg, resolved, split.train.channels,
-                                   seed=derived_seed(cfg.seed, "random-init")).encoder
-        for prefix, scores in (
-                ("random_init_", evaluate_encoder(random_init, split, size, mean, std, protocols, device, cfg.seed)),
-                ("raw_pixels_", evaluate_raw_pixels(split, size, mean, std, protocols, cfg.seed))):
-            out.update({prefix + k: v for k, v in scores.items()})
+        out.update(baseline_scores(cfg, resolved, split, mean, std, device, protocols))
     return out
 
 
@@ -369,7 +379,7 @@ def evaluate(run_dir: str | Path, protocol: str = "knn", data: str | None = None
 
     setup = P.EvalSetup(
         encoder=run.encoder, load=load, run_data=cfg.data, data=data or cfg.data, channels=channels,
-        random_init=lambda: build_method(cfg, run.resolved, channels, seed=derived_seed(cfg.seed, "random-init")).encoder,
+        random_init=lambda: random_init_encoder(cfg, run.resolved, channels),
         size=run.resolved.image_size, mean=run.mean, std=run.std, crop_scale=tuple(run.resolved.crop_scale),
         holdout_classes=parse_class_list(cfg.holdout_classes) if cfg.holdout_classes else (), seed=cfg.seed,
         device=dev, progress=progress, log=(lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None))

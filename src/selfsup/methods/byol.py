@@ -43,13 +43,13 @@ class BYOLConfig:
     negatives_beta: float = 0.0
     negatives_temperature: float = 0.1
     bootstrap_weight: float = 1.0  # weight of the BYOL regression term (0: contrastive term only)
+    head_norm: str = "batchnorm"
 
     def __post_init__(self) -> None:
         if self.target not in ("ema", "none"):
             raise ValueError(f"--target: must be 'ema' or 'none', got {self.target!r}")
         if self.bootstrap_weight == 0 and self.negatives_beta == 0:
             raise ValueError("--bootstrap-weight: 0 needs --negatives-beta > 0 (otherwise there is no loss)")
-    head_norm: str = "batchnorm"
 
 
 class BYOL(Method):

@@ -123,6 +123,7 @@ class DeepClusterV2Config(MultiCropConfig):
     temperature: float = 0.1
     kmeans_iterations: int = 10
     kmeans_init: str = "random"  # "random" rows (official) or "kmeans++"
+    head_norm: str = "batchnorm"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,7 +131,6 @@ class DeepClusterV2Config(MultiCropConfig):
             raise ValueError(f"--num-clusterings: must be >= 1, got {self.num_clusterings}")
         if self.kmeans_init not in KMEANS_INITS:
             raise ValueError(f"--kmeans-init: must be one of {', '.join(KMEANS_INITS)}, got {self.kmeans_init!r}")
-    head_norm: str = "batchnorm"
 
 
 class DeepClusterV2(Method):

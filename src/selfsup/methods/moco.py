@@ -69,8 +69,9 @@ class MoCo(Method):
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 128, "queue_size": 4096,
                           "key_momentum": 0.99, "symmetric": True, "head_norm": "batchnorm", "key_bn_rows": 0}
     SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.3, "weight_decay": 5e-4, "warmup_epochs": 0}
-    # MoCo v1/v2 normalise per GPU (with shuffling BN, not implemented here); --sync-bn makes an
-    # N-process run compute exactly what one process computes on the global batch.
+    # MoCo v1/v2 normalise per GPU, so on several processes BN stays per process (the key groups of
+    # key_bn_rows are then taken within each process); --sync-bn makes an N-process run compute
+    # exactly what one process computes on the global batch.
     sync_batchnorm = False
 
     def __init__(self, encoder: nn.Module, config: MoCoConfig) -> None:
