@@ -26,10 +26,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=None, help="fashion-mnist or digits (default: fashion-mnist when present)")
     parser.add_argument("--grid", nargs="*", default=["{}"],
                         help="JSON objects of option -> list of values; each object is one grid")
     args = parser.parse_args()
-    data = "fashion-mnist" if fashion_mnist_available() else "digits"
+    data = args.data or ("fashion-mnist" if fashion_mnist_available() else "digits")
     for grid in map(json.loads, args.grid):
         keys = list(grid)
         for values in itertools.product(*(grid[k] for k in keys)):

@@ -1,7 +1,19 @@
 """Shared fixtures."""
 
-import pytest
-import torch
+import os
+
+# Under pytest-xdist (`make test` runs one worker per core) each worker keeps to one thread, and
+# idle OpenMP threads sleep instead of spinning: several processes each spinning on every core
+# run 5-50x slower on a 2-core machine (measured). Set before torch starts its thread pool.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -514,6 +514,9 @@ def test_two_processes_match_the_global_batch(tmp_path):
 # 0.649, vicreg 0.777, nnclr 0.694. Each margin is about half the measured gain.
 E2E = {"simclr": (10, 0.08), "moco": (10, 0.06), "simsiam": (10, 0.04), "barlow_twins": (10, 0.04),
        "vicreg": (10, 0.1), "nnclr": (10, 0.06)}
+# MoCo's small recipe is tuned on 28-px Fashion-MNIST (moco.py); on 8-px digits it scores 0.554 and
+# these settings (session 2's digits recipe) 0.685.
+DIGITS_OPTIONS = {"moco": dict(lr=0.3, temperature=0.2, key_bn_rows=0)}
 
 
 @pytest.mark.parametrize("name", FAMILY)
@@ -522,6 +525,6 @@ def test_short_training_on_digits_beats_random_init(name, tmp_path, one_thread):
 
     epochs, margin = E2E[name]
     summary = train(method=name, data="digits", backbone="resnet18", width=0.125, epochs=epochs, batch_size=128,
-                    out=str(tmp_path / name), progress=False, seed=0)
+                    out=str(tmp_path / name), progress=False, seed=0, **DIGITS_OPTIONS.get(name, {}))
     assert summary["recipe"] == "small"
     assert summary["knn_top1"] > summary["random_init_knn_top1"] + margin, summary

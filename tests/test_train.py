@@ -41,6 +41,20 @@ def test_run_folder_has_summary_config_metrics_and_checkpoint(tmp_path):
                                _weights(run)["method"]["encoder.conv1.weight"])
 
 
+def test_eval_protocols_knn_scores_knn_only_for_the_run_and_its_baselines(tmp_path):
+    summary = train(out=str(tmp_path / "run"), epochs=1, eval_protocols="knn", **TINY)
+    assert {"knn_top1", "random_init_knn_top1", "raw_pixels_knn_top1"} <= set(summary)
+    assert not [key for key in summary if "linear" in key]
+
+
+def test_lars_clip_option_overrides_the_recipe():
+    from selfsup.config import TrainConfig, resolve
+
+    assert resolve(TrainConfig(method="byol"), 28).lars_clip  # the small recipe clips
+    assert not resolve(TrainConfig(method="byol", lars_clip=False), 28).lars_clip
+    assert resolve(TrainConfig(method="simclr", lars_clip=True), 28).lars_clip
+
+
 def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path, monkeypatch):
     full = tmp_path / "full"
     train(out=str(full), epochs=2, eval_after=False, **TINY)
@@ -83,6 +97,7 @@ def test_resume_after_sigterm_matches_uninterrupted_run(tmp_path, monkeypatch):
     (["--data", "digits", "--batch-size", "5000"], "--batch-size"),
     (["--data", "digits", "--subset", "100000"], "--subset"),
     (["--tau-base", "0.9", "--method", "byol", "--augment-off", "colour"], "--augment-off"),
+    (["--data", "digits", "--eval-protocols", "knn,finetune"], "--eval-protocols"),
 ])
 def test_bad_options_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, argv, option):
     out = tmp_path / "run"

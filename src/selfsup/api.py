@@ -262,7 +262,7 @@ def _train(cfg: TrainConfig, info: dist_train.DistInfo) -> dict[str, Any]:
     if cfg.eval_after and split.train.labels is not None:
         eval_split = _load_split(cfg) if cfg.holdout_classes else split  # labels of every class
         summary.update(_frozen_table(method.encoder, cfg, resolved, eval_split, mean, std, device,
-                                     baselines=cfg.baselines))
+                                     protocols=cfg.eval_protocols.split(","), baselines=cfg.baselines))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
