@@ -1,5 +1,6 @@
 """Backbones: shapes, width, stem, channels, torchvision compatibility."""
 
+import pytest
 import torch
 import torchvision
 
@@ -34,3 +35,23 @@ def test_groupnorm_ws_has_no_batchnorm_and_standardised_convs():
     model.train()
     x = torch.randn(4, 3, 16, 16)
     torch.testing.assert_close(model(x)[:1], model(x[:1]), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, last", [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_zero_init_residual_zeroes_each_blocks_last_norm_scale_only(name, last):
+    torch.manual_seed(0)
+    model = build_backbone(name, width=0.125, in_channels=1, small_stem=True, zero_init_residual=True)
+    blocks = [m for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for m in layer]
+    assert all(getattr(b, last).weight.abs().sum() == 0 for b in blocks)
+    assert all(b.bn1.weight.eq(1).all() for b in blocks) and model.bn1.weight.eq(1).all()
+    default = build_backbone(name, width=0.125, in_channels=1, small_stem=True)
+    assert all(getattr(b, last).weight.eq(1).all() for layer in (default.layer1, default.layer4) for b in layer)
+
+
+def test_zero_init_residual_is_byols_default_and_a_flag_for_every_method():
+    from selfsup.config import TrainConfig, resolve
+
+    assert resolve(TrainConfig(method="byol"), 28).zero_init_residual
+    assert not resolve(TrainConfig(method="byol", zero_init_residual=False), 28).zero_init_residual
+    assert not resolve(TrainConfig(method="simclr"), 28).zero_init_residual
+    assert resolve(TrainConfig(method="simclr", zero_init_residual=True), 28).zero_init_residual

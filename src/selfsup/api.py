@@ -68,7 +68,8 @@ def build_method(cfg: TrainConfig, resolved: Resolved, in_channels: int, seed: i
     torch.manual_seed(cfg.seed if seed is None else seed)
     encoder = build_backbone(cfg.backbone, width=cfg.width, in_channels=in_channels,
                              small_stem=resolved.small_stem, norm=cfg.norm,
-                             grad_checkpointing=cfg.grad_checkpointing)
+                             grad_checkpointing=cfg.grad_checkpointing,
+                             zero_init_residual=resolved.zero_init_residual)
     method_cls = METHODS[cfg.method]
     options = {k: v for k, v in resolved.method_options.items()}
     if "head_norm" in options and cfg.norm != "batchnorm" and "head_norm" not in cfg.method_options:

@@ -55,6 +55,7 @@ class TrainConfig:
     width: float = 1.0
     small_stem: bool | None = None
     norm: str = "batchnorm"
+    zero_init_residual: bool | None = None  # each ResNet block starts as its shortcut; None: the method's default
     recipe: str = "auto"
     epochs: int = 100
     batch_size: int = 256
@@ -173,6 +174,7 @@ class Resolved:
     lars_eta: float
     lars_clip: bool
     method_options: dict[str, Any]
+    zero_init_residual: bool = False
 
 
 def resolve(cfg: TrainConfig, native_image_size: int) -> Resolved:
@@ -202,6 +204,8 @@ def resolve(cfg: TrainConfig, native_image_size: int) -> Resolved:
         lars_eta=cfg.lars_eta if cfg.lars_eta is not None else optim.get("lars_eta", 1e-3),
         lars_clip=cfg.lars_clip if cfg.lars_clip is not None else optim.get("lars_clip", False),
         method_options=options,
+        zero_init_residual=(cfg.zero_init_residual if cfg.zero_init_residual is not None
+                            else method.ZERO_INIT_RESIDUAL),
     )
 
 

@@ -45,6 +45,8 @@ class Method(nn.Module):
                                            "warmup_epochs": 10}
     SMALL_IMAGE_RECIPE: ClassVar[dict[str, Any]] = {}
     SMALL_IMAGE_OPTIMIZER: ClassVar[dict[str, Any]] = {}
+    # ResNet blocks start as their shortcuts (last norm scale 0) unless --no-zero-init-residual.
+    ZERO_INIT_RESIDUAL: ClassVar[bool] = False
     # BatchNorm statistics over the global batch when training on several processes (SyncBatchNorm),
     # as the papers of SimCLR, BYOL, SimSiam, Barlow Twins, VICReg, NNCLR, SwAV and DINO do; the
     # N-process run then computes what one process computes on the global batch. A method whose

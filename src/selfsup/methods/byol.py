@@ -60,6 +60,9 @@ class BYOL(Method):
                           "predictor_hidden_dim": 1024, "tau_base": 0.99}
     SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 1.0, "weight_decay": 1e-5, "warmup_epochs": 1,
                              "lars_eta": 0.02, "lars_clip": True}
+    # The official code's ResNets zero the last BN scale of each bottleneck block; here every block
+    # (BasicBlock too): on Fashion-MNIST it stops the early loss of rank seen on two of three seeds.
+    ZERO_INIT_RESIDUAL = True
 
     def __init__(self, encoder: nn.Module, config: BYOLConfig) -> None:
         super().__init__(encoder, config)

@@ -33,7 +33,7 @@ class ResNetBackbone(ResNet):
 
     def __init__(self, block: type[nn.Module], layers: list[int], width: float = 1.0,
                  in_channels: int = 3, small_stem: bool = False,
-                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> None:
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d, zero_init_residual: bool = False) -> None:
         nn.Module.__init__(self)
         widths = [max(4, int(round(w * width))) for w in (64, 128, 256, 512)]
         self._norm_layer = norm_layer
@@ -60,6 +60,11 @@ class ResNetBackbone(ResNet):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.weight is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_residual:  # each block starts as its shortcut (Goyal et al. 2017, Sec. 5.1)
+            for m in self.modules():
+                last = m.bn3 if isinstance(m, Bottleneck) else m.bn2 if isinstance(m, BasicBlock) else None
+                if getattr(last, "weight", None) is not None:  # not with --norm none
+                    nn.init.zeros_(last.weight)
 
     grad_checkpointing: bool = False  # recompute each stage (layer1..4) in backward; see models/checkpointing.py
 
@@ -76,9 +81,13 @@ class ResNetBackbone(ResNet):
 
 
 def build_backbone(name: str = "resnet18", *, width: float = 1.0, in_channels: int = 3,
-                   small_stem: bool = False, norm: str = "batchnorm",
-                   grad_checkpointing: bool = False) -> ResNetBackbone | ViTBackbone:
+                   small_stem: bool = False, norm: str = "batchnorm", grad_checkpointing: bool = False,
+                   zero_init_residual: bool = False) -> ResNetBackbone | ViTBackbone:
     """Build a backbone by name; ``norm`` is one of ``NORMS`` (``groupnorm_ws`` also standardises convs).
+
+    ``zero_init_residual`` (ResNets) sets the scale of each block's last norm layer to zero, so every
+    block starts as its shortcut: Goyal et al. 2017's trick, in SimCLR's official ResNet (every block)
+    and BYOL's (haiku's bottleneck blocks).
 
     ``grad_checkpointing`` (ResNets) recomputes each stage during backward instead of storing its
     activations: less memory for large backbones/images, about one extra forward of compute.
@@ -91,7 +100,8 @@ def build_backbone(name: str = "resnet18", *, width: float = 1.0, in_channels: i
         return build_vit(name, width=width, in_channels=in_channels, small_stem=small_stem)
     block, layers = BACKBONES[name]
     model = ResNetBackbone(block, layers, width=width, in_channels=in_channels,
-                           small_stem=small_stem, norm_layer=lambda c: make_norm(norm, c, dims=2))
+                           small_stem=small_stem, norm_layer=lambda c: make_norm(norm, c, dims=2),
+                           zero_init_residual=zero_init_residual)
     if norm == "groupnorm_ws":
         standardize_convs(model)
     model.grad_checkpointing = grad_checkpointing
