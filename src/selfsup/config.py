@@ -143,7 +143,7 @@ def validate(cfg: TrainConfig) -> None:
            f"is implemented for the ResNet backbones, not {cfg.backbone!r}")
     _check(cfg.knn_every >= 0, "knn_every", "must be >= 0")
     protocols = cfg.eval_protocols.split(",")
-    _check(bool(protocols) and all(p in PROTOCOLS_FROZEN for p in protocols), "eval_protocols",
+    _check(all(p in PROTOCOLS_FROZEN for p in protocols), "eval_protocols",
            f"must be a comma list of {', '.join(PROTOCOLS_FROZEN)}, got {cfg.eval_protocols!r}")
     _check(cfg.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
     _check(not (cfg.resume and cfg.overwrite), "resume", "cannot be combined with --overwrite")

@@ -45,7 +45,7 @@ class Method(nn.Module):
                                            "warmup_epochs": 10}
     SMALL_IMAGE_RECIPE: ClassVar[dict[str, Any]] = {}
     SMALL_IMAGE_OPTIMIZER: ClassVar[dict[str, Any]] = {}
-    # ResNet blocks start as their shortcuts (last norm scale 0) unless --no-zero-init-residual.
+    # True: ResNet blocks start as their shortcuts (last norm scale 0); --[no-]zero-init-residual overrides.
     ZERO_INIT_RESIDUAL: ClassVar[bool] = False
     # BatchNorm statistics over the global batch when training on several processes (SyncBatchNorm),
     # as the papers of SimCLR, BYOL, SimSiam, Barlow Twins, VICReg, NNCLR, SwAV and DINO do; the
