@@ -40,6 +40,7 @@ from torch import nn
 from selfsup.data.views import ViewSpec, byol_views
 from selfsup.methods.base import Method, StepOutput
 from selfsup.methods.distributed import all_reduce_sum
+from selfsup.methods.losses import at_least_float32
 from selfsup.methods.momentum import cosine_tau, ema_update, frozen_copy
 from selfsup.methods.multicrop import SMALL_IMAGE_CROPS, MultiCropConfig, crop_views, encode_crops
 from selfsup.models.norm import make_norm
@@ -165,7 +166,7 @@ class DINO(Method):
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
         """c <- m c + (1 - m) * mean of the teacher logits over the global batch (Eq. 4)."""
-        total = all_reduce_sum(teacher_logits.float().sum(dim=0, keepdim=True))
+        total = all_reduce_sum(at_least_float32(teacher_logits).sum(dim=0, keepdim=True))
         count = all_reduce_sum(torch.tensor(float(teacher_logits.shape[0]), device=total.device))
         m = self.config.center_momentum
         self.center.mul_(m).add_(total / count, alpha=1 - m)

@@ -29,6 +29,11 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -
 # The method family: SimCLR (gathered), MoCo v2, SimSiam, Barlow Twins, VICReg, NNCLR
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is in a lower precision (bf16, fp16); float64 stays float64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def off_diagonal(x: torch.Tensor) -> torch.Tensor:
     """The off-diagonal entries of a square matrix, flattened (Barlow Twins / VICReg code)."""
     n = x.shape[0]
@@ -90,10 +95,10 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
     C = z1n^T z2n / N is the cross-correlation of the embeddings standardised along the batch of N
     rows (biased variance and eps, as the official code's BatchNorm1d(affine=False); the paper's
     Algorithm 1 writes ``std(0)``). Pass the whole (gathered) batch so that C is the global one.
-    Computed in float32, outside autocast.
+    Computed in float32 (float64 inputs stay float64), outside autocast.
     """
     with torch.autocast(z1.device.type, enabled=False):
-        z1n, z2n = _standardize(z1.float(), eps), _standardize(z2.float(), eps)
+        z1n, z2n = _standardize(at_least_float32(z1), eps), _standardize(at_least_float32(z2), eps)
         c = z1n.T @ z2n / z1.shape[0]
         on_diag = (torch.diagonal(c) - 1).pow(2).sum()
         return on_diag + lambd * off_diagonal(c).pow(2).sum()
@@ -106,10 +111,11 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor,
     invariance s = MSE(z1, z2) (mean over rows and dimensions); variance v = mean_j relu(1 - sqrt(Var z_j + eps)),
     averaged over the two branches (the official code halves it; the paper's Algorithm 1 sums
     the branches); covariance c = sum_{i != j} Cov(z)_ij^2 / d, summed over the two branches, with the
-    unbiased covariance. Pass the whole (gathered) batch. Computed in float32, outside autocast.
+    unbiased covariance. Pass the whole (gathered) batch. Computed in float32 (float64 inputs stay
+    float64), outside autocast.
     """
     with torch.autocast(z1.device.type, enabled=False):
-        z1, z2 = z1.float(), z2.float()
+        z1, z2 = at_least_float32(z1), at_least_float32(z2)
         n, d = z1.shape
         invariance = F.mse_loss(z1, z2)
         z1, z2 = z1 - z1.mean(0), z2 - z2.mean(0)

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from selfsup.methods.distributed import all_reduce_sum, is_distributed
+from selfsup.methods.losses import at_least_float32
 
 
 @torch.no_grad()
@@ -26,11 +27,11 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     """Codes ``[B, K]`` for prototype scores ``[B, K]``; each row sums to 1 (0 for rows of weight 0).
 
     ``weights`` (``[B]``, 0 or 1) leaves rows out of the transport problem (unfilled queue rows).
-    Computed in float32; the global maximum score is subtracted before ``exp`` for stability
+    Computed in float32 (float64 scores stay float64); the global maximum score is subtracted before ``exp`` for stability
     (a constant factor, removed by the normalisation).
     """
     with torch.autocast(scores.device.type, enabled=False):
-        scores = scores.detach().float()
+        scores = at_least_float32(scores.detach())
         top = scores.max()
         if is_distributed():
             dist.all_reduce(top, op=dist.ReduceOp.MAX)
