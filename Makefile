@@ -31,9 +31,11 @@ data:
 demo: setup
 	$(BIN)/selfsup demo
 
-# One pytest worker per core, each on one thread (tests/conftest.py): on 2 cores this halves the wall time.
+# One pytest worker per core, each on one thread (tests/conftest.py); idle workers take queued tests
+# from busy ones (worksteal), so the long end-to-end runs do not pile up on one worker; the 15
+# slowest tests are listed so that CI logs show where its 20-minute budget goes.
 test: setup
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist worksteal --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/byol_fmnist.py

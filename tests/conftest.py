@@ -50,3 +50,28 @@ def on_gloo_processes(fn, tmp_path, world: int = 2, args: tuple = ()):
     out_file = str(tmp_path / "dist.pt")
     mp.spawn(_gloo_worker, args=(world, str(tmp_path / "init"), out_file, fn, args), nprocs=world, join=True)
     return torch.load(out_file)
+
+
+_RANDOM_INIT_KNN: dict[tuple, float] = {}
+
+
+def random_init_knn_top1(**options) -> float:
+    """kNN top-1 of the random-init encoder that ``api.train(**options)`` compares itself with
+    (``api.random_init_encoder``), computed once per worker for each distinct data and set of weights:
+    end-to-end tests train with ``baselines=False`` and share this floor."""
+    import hashlib
+
+    from selfsup.api import _load_split, _merge, channel_stats, random_init_encoder
+    from selfsup.config import TrainConfig, resolve
+    from selfsup.evaluation.frozen import evaluate_encoder
+
+    cfg = _merge(TrainConfig(), options)
+    split = _load_split(cfg)
+    resolved = resolve(cfg, split.train.image_size)
+    encoder = random_init_encoder(cfg, resolved, split.train.channels)
+    weights = hashlib.sha256(b"".join(t.numpy().tobytes() for t in encoder.state_dict().values())).hexdigest()
+    key = (cfg.data, cfg.subset, cfg.seed, resolved.image_size, weights)
+    if key not in _RANDOM_INIT_KNN:
+        scores = evaluate_encoder(encoder, split, resolved.image_size, *channel_stats(split), ["knn"], "cpu", cfg.seed)
+        _RANDOM_INIT_KNN[key] = scores["knn_top1"]
+    return _RANDOM_INIT_KNN[key]

@@ -459,16 +459,26 @@ def test_every_clustering_method_trains_a_vit(name):
 # Each method learns: a short CPU run on digits beats the random-init encoder's kNN on held-out images
 
 TRAIN_EPOCHS = {"swav": 10, "dino": 10, "deepcluster_v2": 10}  # DeepCluster-v2's epoch 0 fills its bank
-KNN_MARGIN = 0.07  # measured at seed 0, 10 epochs: +0.13 to +0.15 (swav.py, dino.py, deepcluster.py docstrings)
+SEEDS = (0, 1, 2)
+# Single runs on 1.4k digits swing by several kNN points with the seed and with the machine's
+# floating-point order, so the claim is on the mean over three seeds. Measured 2026-12-02 (AMD EPYC,
+# one thread), kNN gain over each seed's random-init encoder, seeds 0 / 1 / 2: swav +10.6 / +12.0 /
+# +2.2 (mean +8.3), dino +4.2 / +14.8 / +6.4 (mean +8.5), deepcluster_v2 +14.8 / +13.4 / +1.7
+# (mean +10.0); the margin is about half the smallest mean.
+KNN_MARGIN = 0.04
 
 
 @pytest.mark.parametrize("name", CLUSTERING)
-def test_short_cpu_run_beats_the_random_init_encoder(name, tmp_path):
+def test_short_cpu_run_beats_the_random_init_encoder(name, tmp_path, one_thread):
     from selfsup import api
 
-    summary = api.train(method=name, data="digits", backbone="resnet18", width=0.125, epochs=TRAIN_EPOCHS[name],
-                        batch_size=128, out=str(tmp_path / name), progress=False, seed=0)
-    assert summary["knn_top1"] >= summary["random_init_knn_top1"] + KNN_MARGIN, summary
+    gains = []
+    for seed in SEEDS:
+        summary = api.train(method=name, data="digits", backbone="resnet18", width=0.125, epochs=TRAIN_EPOCHS[name],
+                            batch_size=128, eval_protocols="knn", out=str(tmp_path / f"{name}-{seed}"),
+                            progress=False, seed=seed)
+        gains.append(summary["knn_top1"] - summary["random_init_knn_top1"])
+    assert sum(gains) / len(gains) >= KNN_MARGIN, gains
 
 
 # ---------------------------------------------------------------------------------------------

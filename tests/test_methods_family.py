@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from conftest import on_gloo_processes
+from conftest import on_gloo_processes, random_init_knn_top1
 
 from selfsup.methods import (METHODS, NNCLR, BarlowTwins, FeatureQueue, MoCo, SimCLR, SimSiam, VICReg)
 from selfsup.methods.losses import (barlow_twins_loss, infonce_queue_loss, negative_cosine_loss, nnclr_loss,
@@ -507,41 +507,78 @@ def test_two_processes_match_the_global_batch(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # End to end: a short run on Fashion-MNIST (digits when absent) beats the random-init encoder of
-# the same architecture on kNN over held-out images
+# the same architecture and init on kNN over held-out images
 
 
-# Fashion-MNIST: 5,000 training images, batch 64, ResNet-18 width 0.25, the small-image recipe,
-# kNN on the 10,000 test images, seed 0, one thread. method -> (epochs, kNN margin over the
-# random-init encoder). Gains measured with seeds 0 / 1 / 2 (BENCHMARKS.md, "The family's
-# end-to-end test"); each margin is at most half the smallest of the three: simclr +3.3 / +8.6 /
-# +6.3, moco +4.2 / +9.7 / +5.1, simsiam (8 epochs) +5.2 / +9.2 / +3.8, barlow_twins +3.7 / +7.9 /
-# +5.8, vicreg +7.6 / +12.2 / +9.2, nnclr (5 epochs) +3.8 / - / +3.7
-# (3 epochs: +2.0 / +6.2 / +2.0).
-FASHION_MNIST_E2E = {"simclr": (3, 0.015), "moco": (3, 0.02), "simsiam": (8, 0.015), "barlow_twins": (3, 0.015),
-                     "vicreg": (3, 0.035), "nnclr": (5, 0.015)}
+# Fashion-MNIST: 5,000 training images, one epoch (78 steps of batch 64), ResNet-18 width 0.25 with
+# every residual block starting as its shortcut (``zero_init_residual``, as in the official code
+# of BYOL, SimCLR, SimSiam, Barlow Twins and VICReg), the small-image recipe, kNN on the 10,000
+# test images, seed 0, one thread; the floor is that init's random encoder (47.25 at seed 0).
+# method -> kNN margin, at most half the smallest gain measured with seeds 0 / 1 / 2 (BENCHMARKS.md,
+# "The family's end-to-end test"). One epoch keeps CI within its budget; it beats the same-init
+# encoder, not yet torchvision's default init (63.68, every block active): the test below and the
+# 3-epoch table in BENCHMARKS.md show that longer runs do.
+FASHION_MNIST_E2E = dict(data="fashion-mnist", subset=5000, width=0.25, batch_size=64, epochs=1,
+                         zero_init_residual=True)
+FASHION_MNIST_MARGIN = {"simclr": 0.07, "moco": 0.07, "simsiam": 0.02, "barlow_twins": 0.06, "vicreg": 0.07,
+                        "nnclr": 0.04}
 # Digits (8-px images, a fixed stratified 80/20 split of 1,797), width 0.125, batch 128, seed 0,
-# kNN learned vs random init 0.557: simclr 0.783, moco 0.649, simsiam 0.713, barlow_twins 0.685,
-# vicreg 0.816, nnclr 0.730; margins about half the gain. SimSiam and Barlow Twins need 30 epochs
-# there (10: 0.571 and 0.552). MoCo's Fashion-MNIST recipe collapses on 8-px digits (kNN 0.407 at
-# 10 epochs, 0.501 at 30), so there the test passes session 2's digits-tuned settings.
+# each method's default init (the zero-init encoder is degenerate on 8-px images: kNN 0.178), kNN
+# learned vs random init 0.557: simclr 0.783, moco 0.649, simsiam 0.713, barlow_twins 0.685,
+# vicreg 0.816, nnclr 0.730 (session 2); margins about half the gain. SimSiam and Barlow Twins need
+# 30 epochs there (10: 0.571 and 0.552). MoCo's Fashion-MNIST recipe collapses on 8-px digits (kNN
+# 0.407 at 10 epochs), so there the test passes session 2's digits-tuned settings.
 DIGITS_E2E = {"simclr": (10, 0.1), "moco": (10, 0.045), "simsiam": (30, 0.08), "barlow_twins": (30, 0.06),
               "vicreg": (10, 0.12), "nnclr": (10, 0.08)}
 DIGITS_OPTIONS = {"moco": dict(optimizer="sgd", lr=0.3, weight_decay=5e-4, warmup_epochs=0, temperature=0.2,
                                key_bn_rows=0)}
 
 
-@pytest.mark.parametrize("name", FAMILY)
-def test_short_training_beats_random_init(name, tmp_path, one_thread):
-    from selfsup.api import train
+def _e2e_settings(name: str) -> tuple[dict, float]:
     from selfsup.data.sources import fashion_mnist_available
 
     if fashion_mnist_available():
-        epochs, margin = FASHION_MNIST_E2E[name]
-        settings = dict(data="fashion-mnist", subset=5000, width=0.25, batch_size=64, eval_protocols="knn")
+        settings, margin = dict(FASHION_MNIST_E2E), FASHION_MNIST_MARGIN[name]
     else:
         epochs, margin = DIGITS_E2E[name]
-        settings = dict(data="digits", width=0.125, batch_size=128, **DIGITS_OPTIONS.get(name, {}))
-    summary = train(method=name, backbone="resnet18", epochs=epochs, seed=0, out=str(tmp_path / name),
-                    progress=False, **settings)
+        settings = dict(data="digits", width=0.125, batch_size=128, epochs=epochs, **DIGITS_OPTIONS.get(name, {}))
+    return dict(settings, method=name, backbone="resnet18", seed=0, eval_protocols="knn"), margin
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_short_training_beats_random_init(name, tmp_path, one_thread):
+    from selfsup.api import train
+
+    settings, margin = _e2e_settings(name)
+    summary = train(**settings, baselines=False, out=str(tmp_path / name), progress=False)
     assert summary["recipe"] == "small"
-    assert summary["knn_top1"] > summary["random_init_knn_top1"] + margin, summary
+    floor = random_init_knn_top1(**settings)  # once per worker: the six share one init
+    assert summary["knn_top1"] > floor + margin, (summary["knn_top1"], floor)
+
+
+
+# The strongest random floor is torchvision's default init (every block active: kNN 63.68 at seed 0
+# on Fashion-MNIST, 0.557 on digits); VICReg, the fastest learner of the family here, clears it in
+# 2 epochs (digits: 10). Measured 2026-12-02 (AMD EPYC, one thread), seeds 0 / 1 / 2: see
+# BENCHMARKS.md, "The family's end-to-end test"; the margin is at most half the smallest gain.
+STRONG_FLOOR_RUN = {"fashion-mnist": (dict(FASHION_MNIST_E2E, epochs=2, zero_init_residual=False), 0.025),
+                    "digits": (dict(data="digits", width=0.125, batch_size=128, epochs=10), 0.1)}
+
+
+def test_a_longer_run_beats_the_default_init_encoder(tmp_path, one_thread):
+    from selfsup.api import train
+    from selfsup.data.sources import fashion_mnist_available
+
+    options, margin = STRONG_FLOOR_RUN["fashion-mnist" if fashion_mnist_available() else "digits"]
+    settings = dict(options, method="vicreg", backbone="resnet18", seed=0, eval_protocols="knn")
+    summary = train(**settings, baselines=False, out=str(tmp_path / "run"), progress=False)
+    floor = random_init_knn_top1(**settings)
+    assert summary["knn_top1"] > floor + margin, (summary["knn_top1"], floor)
+
+def test_shared_random_init_floor_is_the_one_train_reports(tmp_path, one_thread):
+    from selfsup.api import train
+
+    settings = dict(method="simclr", data="digits", width=0.125, batch_size=128, epochs=1, seed=0,
+                    eval_protocols="knn")
+    summary = train(**settings, out=str(tmp_path / "run"), progress=False)
+    assert summary["random_init_knn_top1"] == random_init_knn_top1(**settings)

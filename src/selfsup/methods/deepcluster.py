@@ -25,7 +25,8 @@ Defaults (official ``deepclusterv2_800ep_pretrain.sh``): projector 2048 -> 128 w
 of 3000 prototypes, temperature 0.1, multi-crop 2 x 224 (0.14, 1) + 6 x 96 (0.05, 0.14), LARS, lr 4.8
 at batch 4096 (0.3 x batch / 256), weight decay 1e-6, 10 warm-up epochs, 800 epochs; views as SwAV's.
 Small-image recipe (BENCHMARKS.md, digits): 3 x 30 prototypes, SGD 0.2 x batch/256, crops (0.6, 1),
-no local crops; 10 epochs (the first filling the bank): kNN 0.69-0.70 against 0.557 at random init.
+no local crops; 10 epochs (the first filling the bank): kNN 0.69-0.70 against 0.557 at random init
+(seed 0, session 3); over seeds 0 / 1 / 2 on one thread the gain is +14.8 / +13.4 / +1.7 points.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ The evaluated encoder is the student (``encoder``); the teacher is ``teacher_enc
 Small-image recipe (BENCHMARKS.md, digits): BN in the head (the ResNet's ReLU features are too alike
 for a BN-free MLP), out 256, teacher temperature 0.04 without warm-up, teacher momentum 0.996, SGD 0.1
 x batch/256 (the official ResNet-50 run also uses SGD), crops (0.6, 1), no local crops; the AdamW /
-warm-up settings collapsed to uniform outputs. 10 epochs: kNN 0.68-0.70 against 0.557 at random init.
+warm-up settings collapsed to uniform outputs. 10 epochs: kNN 0.68-0.70 against 0.557 at random init
+(seed 0, session 3, two threads); over seeds 0 / 1 / 2 on one thread the gain is +4.2 / +14.8 / +6.4.
 With a ViT pass ``--optimizer adamw --lr 0.0005``.
 """
 

@@ -27,8 +27,8 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     """Codes ``[B, K]`` for prototype scores ``[B, K]``; each row sums to 1 (0 for rows of weight 0).
 
     ``weights`` (``[B]``, 0 or 1) leaves rows out of the transport problem (unfilled queue rows).
-    Computed in float32 (float64 scores stay float64); the global maximum score is subtracted before ``exp`` for stability
-    (a constant factor, removed by the normalisation).
+    Computed in float32 (float64 scores stay float64); the global maximum score is subtracted before
+    ``exp`` for stability (a constant factor, removed by the normalisation).
     """
     with torch.autocast(scores.device.type, enabled=False):
         scores = at_least_float32(scores.detach())

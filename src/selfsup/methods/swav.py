@@ -20,7 +20,8 @@ no queue at batch 4096 (3840 rows from epoch 15 at batch 256), LARS, lr 4.8 at b
 distortion of strength 1 (jitter 0.8, 0.8, 0.8, 0.2 with p 0.8, grayscale 0.2) and blur p 0.5 on
 every crop, no solarisation. The small-image recipe (SGD, 30 prototypes, epsilon 0.03, crops (0.8, 1),
 no local crops) is measured on digits in BENCHMARKS.md: with LARS and 100 prototypes SwAV collapsed
-to uniform codes; at 10 epochs it reaches kNN 0.69-0.71 against 0.557 for the random-init encoder.
+to uniform codes; at 10 epochs it reaches kNN 0.69-0.71 against 0.557 for the random-init encoder
+(seed 0, session 3); over seeds 0 / 1 / 2 on one thread the gain is +10.6 / +12.0 / +2.2 points.
 """
 
 from __future__ import annotations
