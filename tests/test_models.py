@@ -48,10 +48,16 @@ def test_zero_init_residual_zeroes_each_blocks_last_norm_scale_only(name, last):
     assert all(getattr(b, last).weight.eq(1).all() for layer in (default.layer1, default.layer4) for b in layer)
 
 
-def test_zero_init_residual_is_byols_default_and_a_flag_for_every_method():
+def test_zero_init_residual_follows_the_official_code_the_recipe_and_the_flag():
     from selfsup.config import TrainConfig, resolve
 
-    assert resolve(TrainConfig(method="byol"), 28).zero_init_residual
-    assert not resolve(TrainConfig(method="byol", zero_init_residual=False), 28).zero_init_residual
-    assert not resolve(TrainConfig(method="simclr"), 28).zero_init_residual
-    assert resolve(TrainConfig(method="simclr", zero_init_residual=True), 28).zero_init_residual
+    def zero_init(method: str, size: int = 28, **options) -> bool:
+        return resolve(TrainConfig(method=method, **options), size).zero_init_residual
+
+    # the official code of BYOL, SimCLR, SimSiam, Barlow Twins and VICReg; not MoCo v2's or DINO's
+    assert [zero_init(m, 224) for m in ("byol", "simclr", "simsiam", "barlow_twins", "vicreg", "moco", "dino")] == \
+        [True, True, True, True, True, False, False]
+    assert zero_init("byol") and zero_init("simclr") and not zero_init("moco")
+    assert not zero_init("simsiam") and zero_init("simsiam", recipe="paper")  # the small recipe's measured choice
+    assert not zero_init("byol", zero_init_residual=False)
+    assert zero_init("moco", zero_init_residual=True) and zero_init("simsiam", zero_init_residual=True)

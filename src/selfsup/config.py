@@ -189,6 +189,9 @@ def resolve(cfg: TrainConfig, native_image_size: int) -> Resolved:
         options.update(method.SMALL_IMAGE_RECIPE)
         optim.update(method.SMALL_IMAGE_OPTIMIZER)
     options.update(cfg.method_options)
+    zero_init = method.ZERO_INIT_RESIDUAL
+    if small and method.SMALL_IMAGE_ZERO_INIT_RESIDUAL is not None:
+        zero_init = method.SMALL_IMAGE_ZERO_INIT_RESIDUAL
     crop = (cfg.crop_scale_min, 1.0) if cfg.crop_scale_min else (SMALL_IMAGE_CROP_SCALE if small else (0.08, 1.0))
     base_lr = cfg.lr if cfg.lr is not None else optim["lr"]
     view_overrides = dict(SMALL_IMAGE_VIEW_OVERRIDES) if small else {}
@@ -204,8 +207,7 @@ def resolve(cfg: TrainConfig, native_image_size: int) -> Resolved:
         lars_eta=cfg.lars_eta if cfg.lars_eta is not None else optim.get("lars_eta", 1e-3),
         lars_clip=cfg.lars_clip if cfg.lars_clip is not None else optim.get("lars_clip", False),
         method_options=options,
-        zero_init_residual=(cfg.zero_init_residual if cfg.zero_init_residual is not None
-                            else method.ZERO_INIT_RESIDUAL),
+        zero_init_residual=cfg.zero_init_residual if cfg.zero_init_residual is not None else zero_init,
     )
 
 

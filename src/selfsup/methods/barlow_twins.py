@@ -54,6 +54,8 @@ class BarlowTwins(Method):
     OPTIMIZER = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1.5e-6, "warmup_epochs": 10}
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 1024, "projection_dim": 1024}
     SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 2.0, "weight_decay": 1.5e-6, "warmup_epochs": 1}
+    # The official code: torchvision's ResNet-50 with zero_init_residual=True.
+    ZERO_INIT_RESIDUAL = True
 
     def __init__(self, encoder: nn.Module, config: BarlowTwinsConfig) -> None:
         super().__init__(encoder, config)

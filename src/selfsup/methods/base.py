@@ -45,8 +45,11 @@ class Method(nn.Module):
                                            "warmup_epochs": 10}
     SMALL_IMAGE_RECIPE: ClassVar[dict[str, Any]] = {}
     SMALL_IMAGE_OPTIMIZER: ClassVar[dict[str, Any]] = {}
-    # True: ResNet blocks start as their shortcuts (last norm scale 0); --[no-]zero-init-residual overrides.
+    # True: ResNet blocks start as their shortcuts (last norm scale 0), as in the official code of BYOL,
+    # SimCLR, SimSiam, Barlow Twins and VICReg; --[no-]zero-init-residual overrides.
     ZERO_INIT_RESIDUAL: ClassVar[bool] = False
+    # The small-image recipe's choice where it was measured to differ from the paper's (None: the same).
+    SMALL_IMAGE_ZERO_INIT_RESIDUAL: ClassVar[bool | None] = None
     # BatchNorm statistics over the global batch when training on several processes (SyncBatchNorm),
     # as the papers of SimCLR, BYOL, SimSiam, Barlow Twins, VICReg, NNCLR, SwAV and DINO do; the
     # N-process run then computes what one process computes on the global batch. A method whose

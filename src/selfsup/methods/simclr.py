@@ -59,6 +59,8 @@ class SimCLR(Method):
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 128, "temperature": 0.5,
                           "jitter_strength": 0.5}
     SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 6.0, "weight_decay": 1e-6, "warmup_epochs": 1}
+    # The official ResNet (TF, SimCLR v1 and v2) starts each block's last BN scale at zero.
+    ZERO_INIT_RESIDUAL = True
 
     def __init__(self, encoder: nn.Module, config: SimCLRConfig) -> None:
         super().__init__(encoder, config)

@@ -57,6 +57,8 @@ class VICReg(Method):
     OPTIMIZER = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1e-6, "warmup_epochs": 10}
     SMALL_IMAGE_RECIPE = {"expander_hidden_dim": 1024, "embedding_dim": 1024, "bias_lr_multiplier": 0.05}
     SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 10.0, "weight_decay": 1e-4, "warmup_epochs": 1}
+    # The official code builds its ResNet with zero_init_residual=True.
+    ZERO_INIT_RESIDUAL = True
 
     def __init__(self, encoder: nn.Module, config: VICRegConfig) -> None:
         super().__init__(encoder, config)
