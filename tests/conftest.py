@@ -56,14 +56,15 @@ _RANDOM_INIT_KNN: dict[tuple, float] = {}
 
 
 def random_init_knn_top1(**options) -> float:
-    """kNN top-1 of the random-init encoder that ``api.train(**options)`` compares itself with
-    (``api.random_init_encoder``), computed once per worker for each distinct data and set of weights:
-    end-to-end tests train with ``baselines=False`` and share this floor."""
+    """``random_init_knn_top1`` of ``api.baseline_scores`` for the run ``api.train(**options)`` would
+    make, computed once per worker for each distinct data and set of random weights: end-to-end
+    tests train with ``baselines=False`` and share this floor."""
     import hashlib
 
-    from selfsup.api import _load_split, _merge, channel_stats, random_init_encoder
+    import torch
+
+    from selfsup.api import _load_split, _merge, baseline_scores, channel_stats, random_init_encoder
     from selfsup.config import TrainConfig, resolve
-    from selfsup.evaluation.frozen import evaluate_encoder
 
     cfg = _merge(TrainConfig(), options)
     split = _load_split(cfg)
@@ -72,6 +73,6 @@ def random_init_knn_top1(**options) -> float:
     weights = hashlib.sha256(b"".join(t.numpy().tobytes() for t in encoder.state_dict().values())).hexdigest()
     key = (cfg.data, cfg.subset, cfg.seed, resolved.image_size, weights)
     if key not in _RANDOM_INIT_KNN:
-        scores = evaluate_encoder(encoder, split, resolved.image_size, *channel_stats(split), ["knn"], "cpu", cfg.seed)
-        _RANDOM_INIT_KNN[key] = scores["knn_top1"]
+        scores = baseline_scores(cfg, resolved, split, *channel_stats(split), torch.device("cpu"), ["knn"])
+        _RANDOM_INIT_KNN[key] = scores["random_init_knn_top1"]
     return _RANDOM_INIT_KNN[key]

@@ -546,15 +546,21 @@ def _e2e_settings(name: str) -> tuple[dict, float]:
     return dict(settings, method=name, backbone="resnet18", seed=0, eval_protocols="knn"), margin
 
 
-@pytest.mark.parametrize("name", FAMILY)
-def test_short_training_beats_random_init(name, tmp_path, one_thread):
+def _train_and_check_it_beats_random_init(settings: dict, margin: float, out: str) -> dict:
+    """Train without baselines; assert kNN > the random-init encoder's (shared per worker) + margin."""
     from selfsup.api import train
 
-    settings, margin = _e2e_settings(name)
-    summary = train(**settings, baselines=False, out=str(tmp_path / name), progress=False)
-    assert summary["recipe"] == "small"
-    floor = random_init_knn_top1(**settings)  # once per worker: the six share one init
+    summary = train(**settings, baselines=False, out=out, progress=False)
+    floor = random_init_knn_top1(**settings)
     assert summary["knn_top1"] > floor + margin, (summary["knn_top1"], floor)
+    return summary
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_short_training_beats_random_init(name, tmp_path, one_thread):
+    settings, margin = _e2e_settings(name)  # the six share one init, so one floor per worker
+    summary = _train_and_check_it_beats_random_init(settings, margin, str(tmp_path / name))
+    assert summary["recipe"] == "small"
 
 
 # The strongest random floor is torchvision's default init (every block active: kNN 63.68 at seed 0
@@ -567,14 +573,11 @@ STRONG_FLOOR_RUN = {"fashion-mnist": (dict(FASHION_MNIST_E2E, epochs=2, zero_ini
 
 
 def test_a_longer_run_beats_the_default_init_encoder(tmp_path, one_thread):
-    from selfsup.api import train
     from selfsup.data.sources import fashion_mnist_available
 
     options, margin = STRONG_FLOOR_RUN["fashion-mnist" if fashion_mnist_available() else "digits"]
     settings = dict(options, method="vicreg", backbone="resnet18", seed=0, eval_protocols="knn")
-    summary = train(**settings, baselines=False, out=str(tmp_path / "run"), progress=False)
-    floor = random_init_knn_top1(**settings)
-    assert summary["knn_top1"] > floor + margin, (summary["knn_top1"], floor)
+    _train_and_check_it_beats_random_init(settings, margin, str(tmp_path / "run"))
 
 
 def test_shared_random_init_floor_is_the_one_train_reports(tmp_path, one_thread):
