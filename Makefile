@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test test-fast bench clean
 
 setup: $(VENV)/.installed data
 
@@ -36,6 +36,14 @@ demo: setup
 # slowest tests are listed so that CI logs show where its 20-minute budget goes.
 test: setup
 	$(BIN)/python -m pytest -n auto --dist worksteal --durations=15
+
+# The same without the end-to-end training tests marked slow (pyproject.toml's markers): a few minutes.
+test-fast: setup
+	$(BIN)/python -m pytest -n auto --dist worksteal -m "not slow"
+
+# pyflakes, import order, bugbear, pyupgrade (pyproject.toml [tool.ruff])
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
 
 bench: setup
 	$(BIN)/python benchmarks/byol_fmnist.py

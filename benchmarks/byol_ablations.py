@@ -30,10 +30,16 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from selfsup.api import baseline_scores, channel_stats, compare, pick_device, train
+from selfsup.api import compare, train
 from selfsup.config import TrainConfig, resolve
-from selfsup.data.sources import fashion_mnist_available, load_data
+from selfsup.data.sources import fashion_mnist_available
+from selfsup.evaluation.baselines import baseline_scores
 from selfsup.reporting.plots import figure_png
+from selfsup.runs import channel_stats, load_split, random_init_encoder
+from selfsup.train.distributed import pick_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
+from _common import comma_list  # noqa: E402
 
 BATCH_SIZES = (512, 256, 128, 64, 32)
 # The contrastive-only variant: no predictor, target = online network with gradients, the BYOL
@@ -71,11 +77,12 @@ def grid(batch_size: int) -> dict[str, dict[str, Any]]:
 
 def baselines(data: str, subset: int | None, width: float, seed: int) -> dict[str, float]:
     """Random-init encoder (the baseline's architecture) and raw pixels, scored once."""
-    cfg = TrainConfig(method="byol", data=data, subset=subset, width=width, seed=seed, epochs=1)
-    split = load_data(data, subset=subset, seed=seed, progress=False)
+    cfg = TrainConfig(method="byol", data=data, subset=subset, width=width, seed=seed, epochs=1, progress=False)
+    split = load_split(cfg)
     resolved = resolve(cfg, split.train.images.shape[-1])
     mean, std = channel_stats(split)
-    return baseline_scores(cfg, resolved, split, mean, std, pick_device("auto"))
+    random_init = random_init_encoder(cfg, resolved, split.train.channels)
+    return baseline_scores(random_init, split, resolved.image_size, mean, std, pick_device("auto"), cfg.seed)
 
 
 def table(results: list[dict[str, Any]], base: dict[str, float]) -> str:
@@ -142,10 +149,7 @@ def main() -> None:
     data = "fashion-mnist" if fashion_mnist_available() else "digits"
     subset = None if data == "digits" else subset
     rows = grid(args.batch_size)
-    chosen = args.rows.split(",") if args.rows else list(rows)
-    unknown = [r for r in chosen if r not in rows]
-    if unknown:
-        parser.error(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(rows)}")
+    chosen = comma_list(parser, "--rows", args.rows, rows) if args.rows else list(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base_path = out / "baselines.json"
@@ -153,7 +157,8 @@ def main() -> None:
         base_path.write_text(json.dumps(baselines(data, subset, width, args.seed), indent=2))
     base = json.loads(base_path.read_text())
     results_path = out / "results.jsonl"
-    done = {r["row"]: r for r in map(json.loads, results_path.read_text().splitlines())} if results_path.exists() else {}
+    lines = results_path.read_text().splitlines() if results_path.exists() else []
+    done = {r["row"]: r for r in map(json.loads, lines)}
     for name in chosen:
         if name in done:
             continue

@@ -21,7 +21,6 @@ import torch
 
 from selfsup.api import train
 
-
 SUMMARY_KEYS = ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1", "raw_pixels_knn_top1",
                 "raw_pixels_linear_top1", "images_per_second", "seconds", "peak_memory_mb", "device", "steps")
 

@@ -20,6 +20,9 @@ from typing import Any
 
 from selfsup.methods import METHODS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
+from _common import comma_list  # noqa: E402
+
 
 def table(records: list[dict[str, Any]]) -> str:
     """Markdown, one row per method, then the random-init and raw-pixel floors (same for every method)."""
@@ -44,10 +47,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=10000)
     parser.add_argument("--out", default="runs/methods-table")
     args = parser.parse_args()
-    methods = args.methods.split(",")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    methods = comma_list(parser, "--methods", args.methods, METHODS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"

@@ -27,6 +27,16 @@ are excluded; on CUDA the device is synchronised before each clock reading.
 
 Prints one JSON object (keys in ``RESULT_KEYS``); ``pipeline_efficiency`` = selfsup / model_bound,
 ``speedup_vs_standard`` = selfsup / standard.
+
+``--variant NAME:KEY=VALUE[,KEY=VALUE...]`` (repeatable) measures other settings in the same run,
+interleaved with the command's own ("base") round by round, so a change is judged by a ratio taken
+under the same load: ``variants[NAME]`` has its images/s per mode and ``ratio_to_base`` (median of
+the per-round ratios). Keys: ``precision`` (fp32, bf16), ``channels_last``, ``compile`` (true/false),
+``image_size`` and ``optimizer_impl`` (foreach, fused, for-loop: SGD/AdamW's implementation; LARS
+is foreach-only)::
+
+    python benchmarks/throughput.py --modes model_bound,selfsup --rounds 3 --variant bf16:precision=bf16 \
+        --variant nhwc:channels_last=true --variant 28px:image_size=28
 """
 
 from __future__ import annotations
@@ -44,19 +54,23 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+import selfsup.train.feed as feed
 import selfsup.train.loop as loop
-from selfsup.api import build_method, pick_device, training_views, versions
 from selfsup.config import TrainConfig, resolve
 from selfsup.data.augment import augment_views, blur_kernel_size, normalize
 from selfsup.data.transfer import to_device
 from selfsup.data.views import ViewSpec
 from selfsup.methods import METHODS
 from selfsup.models import BACKBONES
+from selfsup.runs import build_method, training_views, versions
+from selfsup.runs.train import peak_memory_mb
+from selfsup.train.distributed import pick_device
 
 MODES = ("model_bound", "selfsup", "standard")
 RESULT_KEYS = ("benchmark", "command", "date", "device", "versions", "host", "settings", "images_per_second",
@@ -65,6 +79,8 @@ SMOKE = {"backbone": "resnet18", "width": 0.0625, "batch_size": 8, "image_size":
          "num_workers": 1, "synthetic": True, "threads": 1}
 DEFAULTS = {"method": "byol", "backbone": "resnet18", "width": 0.25, "batch_size": 256, "image_size": 32,
             "steps": 20, "warmup": 3, "num_workers": None, "synthetic": False, "threads": None}
+VARIANT_KEYS = ("precision", "channels_last", "compile", "image_size", "optimizer_impl")
+OPTIMIZER_IMPLS = ("foreach", "fused", "for-loop")
 
 
 def usable_cpus() -> int:
@@ -99,12 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--synthetic", action="store_true", default=None, help="random uint8 images instead")
     source.add_argument("--image-folder", metavar="PATH", default=None,
                         help="a folder of images, decoded once into the selfsup cache at --image-size")
+    p.add_argument("--cache-dir", default=None,
+                   help="decoded-image cache of --image-folder (default ~/.cache/selfsup/folders)")
     p.add_argument("--channels", type=int, default=3, help="channels of --synthetic images (default 3)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for the training process (default: torch's; --smoke: 1)")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the three measurements, interleaved, and report medians (noisy machines)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list out of {', '.join(MODES)}")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="other settings measured in the same run, interleaved with the base: keys "
+                        f"{', '.join(VARIANT_KEYS)} (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes for CI: " + ", ".join(f"{k}={v}" for k, v in SMOKE.items()))
@@ -128,7 +149,7 @@ def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.T
         spec = f"folder:{args.image_folder}"
     else:
         spec = args.data or ("fashion-mnist" if fashion_mnist_available() else "digits")
-    split = load_data(spec, image_size=size, progress=sys.stderr.isatty())
+    split = load_data(spec, image_size=size, progress=sys.stderr.isatty(), cache_dir=args.cache_dir)
     train = split.train
     index = torch.randperm(len(train), generator=gen).repeat(math.ceil(n / len(train)))[:n]
     labels = train.labels[index] if train.labels is not None else None
@@ -136,7 +157,7 @@ def load_images(args: argparse.Namespace, n: int) -> tuple[torch.Tensor, torch.T
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units (as selfsup.api.channel_stats)."""
+    """Per-channel mean and std in [0, 1] units (as selfsup.runs.channel_stats, on a tensor of images)."""
     x = images.float().div_(255).transpose(0, 1).flatten(1)
     return x.mean(1).tolist(), x.std(1).clamp_min(1e-3).tolist()
 
@@ -193,26 +214,68 @@ def loop_views(source: Callable[[torch.Tensor, Sequence[ViewSpec], torch.Generat
                counter: dict[str, int]) -> Iterator[None]:
     """Within the block, the training loop gets its views from ``source`` (already normalised);
     ``None`` keeps selfsup's augmentation. Counts the calls, to prove the swap took effect."""
-    original_augment, original_normalize = loop.augment_views, loop.normalize
+    original_augment, original_normalize = feed.augment_views, loop.normalize
 
     def counted(batch, views, generator):
         counter["calls"] += 1
         return (source or original_augment)(batch, views, generator)
 
-    loop.augment_views = counted
+    feed.augment_views = counted
     if source is not None:
         loop.normalize = lambda x, mean, std: x
     try:
         yield
     finally:
-        loop.augment_views, loop.normalize = original_augment, original_normalize
+        feed.augment_views, loop.normalize = original_augment, original_normalize
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+@contextlib.contextmanager
+def optimizer_implementation(impl: str) -> Iterator[None]:
+    """Within the block, the loop's SGD/AdamW run as ``impl``: foreach (the loop's CPU choice), fused or
+    for-loop (one kernel sequence per parameter). LARS has a foreach implementation only."""
+    if impl == "foreach":
+        yield
+        return
+    original = loop.build_optimizer
+
+    def build(*a, **k):
+        optimizer = original(*a, **k)
+        if isinstance(optimizer, torch.optim.SGD | torch.optim.AdamW):
+            for group in optimizer.param_groups:
+                group["fused"], group["foreach"] = (True, False) if impl == "fused" else (None, False)
+        return optimizer
+
+    loop.build_optimizer = build
+    try:
+        yield
+    finally:
+        loop.build_optimizer = original
+
+
+def parse_variant(parser: argparse.ArgumentParser, text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:KEY=VALUE,KEY=VALUE`` -> (name, overrides of the command's arguments)."""
+    name, sep, body = text.partition(":")
+    if not name or not sep or not body:
+        parser.error(f"--variant {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+    overrides: dict[str, Any] = {}
+    for item in body.split(","):
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in VARIANT_KEYS or not eq:
+            parser.error(f"--variant {text!r}: {item!r}; keys are {', '.join(VARIANT_KEYS)}")
+        if key in ("channels_last", "compile"):
+            if value.lower() not in ("true", "false", "1", "0"):
+                parser.error(f"--variant {text!r}: {key} takes true or false")
+            overrides[key] = value.lower() in ("true", "1")
+        elif key == "image_size":
+            overrides[key] = int(value)
+        elif key == "precision" and value not in ("fp32", "bf16"):
+            parser.error(f"--variant {text!r}: precision is fp32 or bf16")
+        elif key == "optimizer_impl" and value not in OPTIMIZER_IMPLS:
+            parser.error(f"--variant {text!r}: optimizer_impl is one of {', '.join(OPTIMIZER_IMPLS)}")
+        else:
+            overrides[key] = value
+    return name, overrides
 
 
 def measure(mode: str, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, float]:
@@ -267,14 +330,14 @@ def measure(mode: str, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[st
         torch.cuda.reset_peak_memory_stats(device)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     counter = {"calls": 0}
-    with loop_views(source, counter):
+    with loop_views(source, counter), optimizer_implementation(getattr(args, "optimizer_impl", "foreach")):
         result = loop.fit(method, train_images, views, mean, std, settings,
                           labels=labels if args.online_probe else None)
     synchronize(device)
     seconds = time.perf_counter() - clock["start"]
     cpu_seconds = time.process_time() - clock["cpu_start"]
     batches.clear()  # drops the DataLoader iterator: its workers exit (and are reaped) now
-    del loader
+    loader = None
     steps = result.steps - args.warmup
     if counter["calls"] != result.steps:
         raise RuntimeError(f"{mode}: the training loop called augment_views {counter['calls']} times in "
@@ -325,19 +388,23 @@ def _run(argv: list[str]) -> dict[str, Any]:
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
 
-    n = args.batch_size * (args.warmup + args.steps)  # one epoch of exactly warmup + steps steps
-    images, labels, source = load_images(args, n)
-    mean, std = channel_stats(images)
-    cfg = TrainConfig(method=args.method, data="benchmark", backbone=args.backbone, width=args.width,
-                      batch_size=args.batch_size, image_size=args.image_size, seed=args.seed,
-                      compile=args.compile, grad_checkpointing=args.grad_checkpointing, progress=False)
-    resolved = resolve(cfg, args.image_size)
-    ctx = {"device": device, "cfg": cfg, "resolved": resolved, "images": images, "labels": labels,
-           "mean": mean, "std": std, "precision": precision}
+    variants = [parse_variant(build_parser(), text) for text in args.variant]
+    if len({name for name, _ in variants} | {"base"}) != len(variants) + 1:
+        raise SystemExit("--variant: names must differ from each other and from 'base'")
+    ctx = _context(args, device, precision)
+    images, labels, source, cfg, resolved = (ctx[k] for k in ("images", "labels", "source", "cfg", "resolved"))
+    others = []
+    for name, overrides in variants:
+        vargs = argparse.Namespace(**{**vars(args), **overrides})
+        vprecision = vargs.precision if vargs.precision != "auto" else precision
+        others.append((name, overrides, vargs, _context(vargs, device, vprecision)))
 
     rounds: list[dict[str, dict[str, float]]] = []
-    for _ in range(args.rounds):
+    variant_rounds: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name, _ in variants}
+    for _ in range(args.rounds):  # base, then each variant, round after round: the same load for all
         rounds.append({mode: measure(mode, args, ctx) for mode in modes})
+        for name, _, vargs, vctx in others:
+            variant_rounds[name].append({mode: measure(mode, vargs, vctx) for mode in modes})
 
     def median(mode: str, key: str) -> float:
         return statistics.median(r[mode][key] for r in rounds)
@@ -347,7 +414,7 @@ def _run(argv: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "throughput",
         "command": "python benchmarks/throughput.py" + (" " + shlex.join(argv) if argv else ""),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "device": describe_device(device),
         "versions": {**versions(), "numpy": np.__version__, "pillow": _pillow_version()},
         "host": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(),
@@ -393,7 +460,34 @@ def _run(argv: list[str]) -> dict[str, Any]:
         result["cpu_work_ratio_standard_over_selfsup"] = work["standard"] / work["selfsup"]
     if args.rounds > 1:
         result["per_round_images_per_second"] = [{m: r[m]["images_per_second"] for m in modes} for r in rounds]
+    if variants:
+        result["variants"] = {}
+        for name, overrides, _, vctx in others:
+            vr = variant_rounds[name]
+            result["variants"][name] = {
+                "overrides": overrides, "precision": vctx["precision"],
+                "images_per_second": {m: statistics.median(r[m]["images_per_second"] for r in vr) for m in modes},
+                "seconds_per_step": {m: statistics.median(r[m]["seconds_per_step"] for r in vr) for m in modes},
+                "process_cpu_seconds_per_step": {m: statistics.median(r[m]["process_cpu_seconds_per_step"]
+                                                                      for r in vr) for m in modes},
+                "ratio_to_base": {m: statistics.median(v[m]["images_per_second"] / b[m]["images_per_second"]
+                                                       for v, b in zip(vr, rounds)) for m in modes},
+                "per_round_images_per_second": [{m: r[m]["images_per_second"] for m in modes} for r in vr],
+            }
     return result
+
+
+def _context(args: argparse.Namespace, device: torch.device, precision: str) -> dict[str, Any]:
+    """The images, run config and resolved recipe that ``measure`` trains on, for ``args``."""
+    n = args.batch_size * (args.warmup + args.steps)  # one epoch of exactly warmup + steps steps
+    images, labels, source = load_images(args, n)
+    mean, std = channel_stats(images)
+    cfg = TrainConfig(method=args.method, data="benchmark", backbone=args.backbone, width=args.width,
+                      batch_size=args.batch_size, image_size=args.image_size, seed=args.seed,
+                      compile=args.compile, grad_checkpointing=args.grad_checkpointing, progress=False)
+    resolved = resolve(cfg, args.image_size)
+    return {"device": device, "cfg": cfg, "resolved": resolved, "images": images, "labels": labels,
+            "mean": mean, "std": std, "precision": precision, "source": source}
 
 
 def _pillow_version() -> str:

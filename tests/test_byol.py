@@ -6,18 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.methods import BYOL, BYOLConfig
+from helpers import tiny_method
+from selfsup.methods import BYOLConfig
 from selfsup.methods.losses import byol_loss, nt_xent_loss
 from selfsup.methods.momentum import cosine_tau, ema_update
-from selfsup.models import build_backbone
 from selfsup.train.optim import build_optimizer
-
-
-def tiny_byol(**options) -> BYOL:
-    torch.manual_seed(0)
-    encoder = build_backbone("resnet18", width=0.125, in_channels=1, small_stem=True)
-    cfg = BYOLConfig(projector_hidden_dim=32, projection_dim=16, predictor_hidden_dim=32, **options)
-    return BYOL(encoder, cfg)
 
 
 def test_byol_loss_matches_hand_computed_case():
@@ -61,7 +54,7 @@ def test_ema_update_matches_formula():
 
 
 def test_target_gets_no_gradient_and_tracks_online_by_ema():
-    model = tiny_byol()
+    model = tiny_method("byol")
     views = [torch.randn(8, 1, 16, 16), torch.randn(8, 1, 16, 16)]
     out = model.training_step(views)
     out.loss.backward()
@@ -80,7 +73,7 @@ def test_target_gets_no_gradient_and_tracks_online_by_ema():
 
 
 def test_loss_is_symmetric_sum_of_both_directions():
-    model = tiny_byol()
+    model = tiny_method("byol")
     model.eval()  # deterministic BN so the two passes agree
     v1, v2 = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)
     with torch.no_grad():
@@ -92,19 +85,19 @@ def test_loss_is_symmetric_sum_of_both_directions():
 
 
 def test_stop_gradient_off_sends_gradients_into_target():
-    model = tiny_byol(stop_gradient=False)
+    model = tiny_method("byol", stop_gradient=False)
     model.training_step([torch.randn(8, 1, 16, 16), torch.randn(8, 1, 16, 16)]).loss.backward()
     assert model.target_encoder.conv1.weight.grad is not None
 
 
 def test_no_predictor_has_no_predictor_parameters():
-    model = tiny_byol(predictor=False)
+    model = tiny_method("byol", predictor=False)
     assert model.predictor is None
     assert not any("predictor" in name for name, _ in model.named_parameters())
 
 
 def test_predictor_lr_multiplier_sets_optimizer_groups():
-    model = tiny_byol(predictor_lr_multiplier=10.0)
+    model = tiny_method("byol", predictor_lr_multiplier=10.0)
     opt = build_optimizer("lars", model.param_groups(), lr=0.5, weight_decay=1e-6)
     predictor = {id(p) for p in model.predictor.parameters()}
     for group in opt.param_groups:
@@ -115,7 +108,8 @@ def test_predictor_lr_multiplier_sets_optimizer_groups():
 
 def test_negatives_beta_zero_is_plain_byol_and_beta_adds_nt_xent():
     views = [torch.randn(8, 1, 16, 16), torch.randn(8, 1, 16, 16)]
-    plain, zero, one = tiny_byol(), tiny_byol(negatives_beta=0.0), tiny_byol(negatives_beta=1.0)
+    plain, zero, one = (tiny_method("byol"), tiny_method("byol", negatives_beta=0.0),
+                        tiny_method("byol", negatives_beta=1.0))
     for m in (plain, zero, one):
         m.eval()
     with torch.no_grad():
@@ -127,7 +121,7 @@ def test_negatives_beta_zero_is_plain_byol_and_beta_adds_nt_xent():
 def test_contrastive_only_variant_is_nt_xent_of_the_online_projections():
     """bootstrap_weight 0, beta 1, no predictor, target = online with gradient: SimCLR's loss."""
     views = [torch.randn(8, 1, 16, 16), torch.randn(8, 1, 16, 16)]
-    model = tiny_byol(bootstrap_weight=0.0, negatives_beta=1.0, predictor=False, target="none",
+    model = tiny_method("byol", bootstrap_weight=0.0, negatives_beta=1.0, predictor=False, target="none",
                       stop_gradient=False, negatives_temperature=0.2)
     model.eval()
     out = model.training_step(views)
@@ -142,6 +136,6 @@ def test_contrastive_only_variant_is_nt_xent_of_the_online_projections():
 
 
 def test_target_none_uses_online_weights():
-    model = tiny_byol(target="none")
+    model = tiny_method("byol", target="none")
     assert not hasattr(model, "target_encoder")
     assert model.on_step_end(1, 10)["tau"] == 0.0

@@ -2,38 +2,24 @@
 
 import dataclasses
 import math
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import on_gloo_processes
 
+from helpers import on_gloo_processes, tiny_method
 from selfsup.data.augment import augment_views, sample_params
 from selfsup.data.views import local_crop_size, multi_crop_views
-from selfsup.methods import METHODS, DINO, DeepClusterV2, SwAV
-from selfsup.methods.deepcluster import IGNORE, deepcluster_loss, spherical_kmeans
-from selfsup.methods.dino import dino_loss
+from selfsup.methods import DINO, METHODS, DeepClusterV2, SwAV
+from selfsup.methods.deepcluster import spherical_kmeans
+from selfsup.methods.losses import IGNORE, deepcluster_loss, dino_loss, swav_loss
 from selfsup.methods.multicrop import encode_crops
 from selfsup.methods.sinkhorn import sinkhorn_knopp
-from selfsup.methods.swav import swav_loss
 from selfsup.models import BACKBONES, build_backbone
 from selfsup.models.vit import ViTBackbone, cls_attention_maps
 
 CLUSTERING = ("swav", "dino", "deepcluster_v2")
-TINY = {
-    "swav": dict(projector_hidden_dim=32, projection_dim=16, num_prototypes=10, num_local_crops=2,
-                 local_crop_size_fraction=0.5),
-    "dino": dict(head_hidden_dim=32, bottleneck_dim=16, out_dim=40, num_local_crops=2, local_crop_size_fraction=0.5),
-    "deepcluster_v2": dict(projector_hidden_dim=32, projection_dim=16, num_prototypes=4, num_clusterings=2,
-                           num_local_crops=2, local_crop_size_fraction=0.5),
-}
-
-
-def tiny(name: str, **options):
-    torch.manual_seed(0)
-    cls = METHODS[name]
-    encoder = build_backbone("resnet18", width=0.125, in_channels=1, small_stem=True)
-    return cls(encoder, cls.Config(**{**TINY[name], **options}))
 
 
 def crops(n: int = 8, num_local: int = 2, seed: int = 0) -> list[torch.Tensor]:
@@ -88,7 +74,7 @@ def test_multi_crop_gives_the_configured_views():
     with pytest.raises(ValueError):
         multi_crop_views(32, 14, 2, local_scale=(0.5, 0.2))
     # through a method config: local crops end where global crops start
-    model = tiny("dino", num_local_crops=3, global_crop_scale_min=0.3, local_crop_scale_min=0.1)
+    model = tiny_method("dino", num_local_crops=3, global_crop_scale_min=0.3, local_crop_scale_min=0.1)
     v = model.views(28, (0.2, 1.0))
     assert [x.size for x in v] == [28, 28, 14, 14, 14]
     assert v[0].crop_scale == (0.3, 1.0) and v[4].crop_scale == (0.1, 0.3)
@@ -178,7 +164,7 @@ def test_swav_loss_hand_computed_case():
 
 
 def test_swav_step_matches_the_paper_pseudo_code():
-    model = tiny("swav", num_local_crops=0)
+    model = tiny_method("swav", num_local_crops=0)
     views = crops(8, num_local=0)
     out = model.training_step(views)
     # Caron et al. 2020, Algorithm 1: z = normalize(model(cat(x_t, x_s))); scores = z C;
@@ -193,7 +179,7 @@ def test_swav_step_matches_the_paper_pseudo_code():
 
 
 def test_swav_multi_crop_codes_come_from_global_crops_only():
-    model = tiny("swav")
+    model = tiny_method("swav")
     views = crops(8, num_local=2)
     out = model.training_step(views)
     z = F.normalize(model.projector(encode_crops(model.encoder, views)), dim=1)
@@ -205,7 +191,7 @@ def test_swav_multi_crop_codes_come_from_global_crops_only():
 
 
 def test_swav_prototypes_frozen_in_the_first_epoch_and_normalised_after_each_step():
-    model = tiny("swav")
+    model = tiny_method("swav")
     model.on_epoch_start(0, steps_per_epoch=5)
     out = model.training_step(crops())
     out.loss.backward()
@@ -224,7 +210,7 @@ def test_swav_prototypes_frozen_in_the_first_epoch_and_normalised_after_each_ste
 
 
 def test_swav_queue_starts_at_its_epoch_and_joins_sinkhorn_when_full():
-    model = tiny("swav", queue_size=16, queue_start_epoch=1, num_local_crops=0)
+    model = tiny_method("swav", queue_size=16, queue_start_epoch=1, num_local_crops=0)
     model.on_epoch_start(0, 10)
     model.training_step(crops(num_local=0))
     assert int(model.queues[0].filled) == 0  # not started yet
@@ -266,7 +252,7 @@ def test_dino_loss_matches_algorithm_1():
 
 
 def test_dino_centre_follows_its_ema_and_the_teacher_gets_no_gradient():
-    model = tiny("dino")
+    model = tiny_method("dino")
     with torch.no_grad():
         model.center.normal_()
     before = model.center.clone()
@@ -291,7 +277,7 @@ def test_dino_centre_follows_its_ema_and_the_teacher_gets_no_gradient():
 
 
 def test_dino_teacher_temperature_warm_up_and_last_layer_freeze():
-    model = tiny("dino")
+    model = tiny_method("dino")
     assert [round(model.teacher_temperature(e), 6) for e in (0, 29, 50)] == [0.04, 0.07, 0.07]
     assert model.teacher_temperature(10) == pytest.approx(0.04 + 0.03 * 10 / 29)
     model.on_epoch_start(0, 4)
@@ -349,7 +335,7 @@ def test_deepcluster_loss_hand_computed_case():
 
 
 def test_deepcluster_fills_the_bank_in_epoch_0_then_clusters_and_resumes():
-    model = tiny("deepcluster_v2")
+    model = tiny_method("deepcluster_v2")
     params = [p.clone() for p in model.parameters()]
     model.on_epoch_start(0, 2)
     for step, rows in enumerate((torch.arange(8), torch.arange(8, 16))):
@@ -379,7 +365,7 @@ def test_deepcluster_fills_the_bank_in_epoch_0_then_clusters_and_resumes():
                    for h in range(2)) / 2
     torch.testing.assert_close(out.loss, expected, rtol=1e-4, atol=1e-5)
     # a checkpoint loads into a fresh model (bank at the stored size) and is not re-clustered mid-epoch
-    fresh = tiny("deepcluster_v2")
+    fresh = tiny_method("deepcluster_v2")
     fresh.load_state_dict(model.state_dict())
     assignments = fresh.assignments.clone()
     fresh.on_epoch_start(1, 2)
@@ -388,7 +374,28 @@ def test_deepcluster_fills_the_bank_in_epoch_0_then_clusters_and_resumes():
 
 def test_deepcluster_needs_batch_indices():
     with pytest.raises(RuntimeError, match="on_batch_start"):
-        tiny("deepcluster_v2").training_step(crops())
+        tiny_method("deepcluster_v2").training_step(crops())
+
+
+@pytest.mark.parametrize("name, loss", [("swav", swav_loss), ("dino", dino_loss), ("deepcluster_v2", deepcluster_loss)])
+def test_each_method_computes_its_loss_with_the_tested_function(name, loss, monkeypatch):
+    module = sys.modules[METHODS[name].__module__]
+    returned = []
+
+    def recording(*args, **kwargs):
+        returned.append(loss(*args, **kwargs))
+        return returned[-1]
+
+    assert getattr(module, loss.__name__) is loss
+    monkeypatch.setattr(module, loss.__name__, recording)
+    model = tiny_method(name)
+    model.on_batch_start(torch.arange(8))
+    if name == "deepcluster_v2":  # fill the bank, then cluster
+        model.on_epoch_start(0, 4)
+        model.training_step(crops(seed=1))
+    model.on_epoch_start(1, 4)
+    out = model.training_step(crops())
+    assert len(returned) == 1 and out.loss is returned[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,10 +448,8 @@ def test_attention_grid_png(tmp_path):
 
 @pytest.mark.parametrize("name", CLUSTERING)
 def test_every_clustering_method_trains_a_vit(name):
-    torch.manual_seed(0)
-    cls = METHODS[name]
-    vit = build_backbone("vit_tiny", width=0.25, in_channels=1, small_stem=True)
-    model = cls(vit, cls.Config(**TINY[name]))
+    model = tiny_method(name, backbone="vit_tiny", width=0.25)
+    vit = model.encoder
     model.on_batch_start(torch.arange(8))
     if name == "deepcluster_v2":  # fill the bank, then cluster
         model.on_epoch_start(0, 4)
@@ -468,6 +473,7 @@ SEEDS = (0, 1, 2)
 KNN_MARGIN = 0.04
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CLUSTERING)
 def test_short_cpu_run_beats_the_random_init_encoder(name, tmp_path, one_thread):
     from selfsup import api
@@ -490,7 +496,7 @@ def _dist_worker(rank: int, world: int) -> dict[str, torch.Tensor]:
 
     scores = torch.rand(12, 5, generator=torch.Generator().manual_seed(3)) * 2 - 1
     codes = sinkhorn_knopp(scores[rank * 6:(rank + 1) * 6])
-    model = tiny("dino")
+    model = tiny_method("dino")
     logits = torch.randn(12, 40, generator=torch.Generator().manual_seed(4))
     model.update_center(logits[rank * 6:(rank + 1) * 6])
     parts = [torch.empty_like(codes) for _ in range(world)]
@@ -502,6 +508,6 @@ def test_two_processes_reduce_sinkhorn_and_centre_over_the_global_batch(tmp_path
     result = on_gloo_processes(_dist_worker, tmp_path)
     scores = torch.rand(12, 5, generator=torch.Generator().manual_seed(3)) * 2 - 1
     torch.testing.assert_close(result["codes"], sinkhorn_knopp(scores))
-    model = tiny("dino")
+    model = tiny_method("dino")
     model.update_center(torch.randn(12, 40, generator=torch.Generator().manual_seed(4)))
     torch.testing.assert_close(result["center"], model.center)

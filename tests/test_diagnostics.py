@@ -1,11 +1,11 @@
-"""Tests for selfsup.evaluation.diagnostics (collapse / representation monitors)."""
+"""Tests for selfsup.train.diagnostics (collapse / representation monitors)."""
 
 import math
 
 import pytest
 import torch
 
-from selfsup.evaluation.diagnostics import (
+from selfsup.train.diagnostics import (
     CollapseWatch,
     alignment,
     normalized_std,

@@ -16,29 +16,28 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
 import subprocess
 import sys
-import typing
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from helpers import TINY_HEADS, tiny_method, train_flags
 from selfsup.methods import METHODS
-from selfsup.models import build_backbone
 
 WORLD = 2
 BATCH = 8  # global
 SIZE = 8
 ROWS = 16  # the "dataset": 2 steps per epoch
 STEPS = 4  # 2 epochs: queues written and read, DeepCluster's bank filled then clustered
-# Per-method settings beyond the generic shrinking: exercise the cross-process code paths.
-EXTRA = {"byol": {"negatives_beta": 0.5}, "moco": {"symmetric": True}}
+# Per-method settings beyond the tiny heads (RGB input, float64): exercise the cross-process code paths;
+# queues of 24 rows wrap within the test (MoCo queues 16 keys a step here, NNCLR 8 projections).
+EXTRA = {"byol": {"negatives_beta": 0.5}, "moco": {"symmetric": True, "queue_size": 24}, "nnclr": {"queue_size": 24}}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,33 +45,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _tiny_config(name: str):
-    """The method's Config shrunk: every ``*_dim`` 16, at most 8 prototypes, 2 local crops, queues of
-    at most 24 rows (they wrap within the test)."""
-    cls = METHODS[name].Config
-    hints = typing.get_type_hints(cls)
-    options = {}
-    for field in dataclasses.fields(cls):
-        key, default = field.name, field.default
-        if hints[key] is not int or not isinstance(default, int):
-            continue
-        if key.endswith("_dim"):
-            options[key] = 16
-        elif key.endswith("prototypes"):
-            options[key] = min(default, 8)
-        elif key.endswith("local_crops"):
-            options[key] = min(default, 2)
-        elif key.endswith("queue_size"):
-            options[key] = min(default, 24)
-    return cls(**{**options, **EXTRA.get(name, {})})
-
-
-def _build(name: str):
-    torch.manual_seed(0)
-    encoder = build_backbone("resnet18", width=0.125, in_channels=3, small_stem=True)
-    return METHODS[name](encoder, _tiny_config(name)).double()
 
 
 def _views(method, step: int) -> list[torch.Tensor]:
@@ -86,7 +58,7 @@ def _run_steps(name: str, rank: int, world: int) -> dict:
     the losses averaged over processes, the gradients as the optimiser sees them (after DDP)."""
     from selfsup.train import distributed as dt
 
-    method = _build(name)
+    method = tiny_method(name, in_channels=3, **EXTRA.get(name, {})).double()
     model = dt.wrap(method, torch.device("cpu"), sync_bn=True)  # the method itself on one process
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
     per_process, steps_per_epoch = BATCH // world, ROWS // BATCH
@@ -133,6 +105,7 @@ def two_process_results(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(METHODS))
 def test_two_processes_match_one_process(name, two_process_results):
     one = _run_steps(name, 0, 1)
@@ -168,7 +141,7 @@ def _interrupt_worker(rank: int, world: int, port: int, run_dir: str) -> None:
     from selfsup.train.loop import LoopSettings, TrainingInterrupted, fit
 
     dt.init_from_env("cpu")
-    method = _build("byol").float()
+    method = tiny_method("byol", in_channels=3, **EXTRA["byol"])
     images = torch.randint(0, 256, (64, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     if rank == 1:
         def kill_at(self, step, total_steps):
@@ -188,6 +161,7 @@ def _interrupt_worker(rank: int, world: int, port: int, run_dir: str) -> None:
     dt.teardown()
 
 
+@pytest.mark.slow
 def test_a_signal_on_one_process_stops_every_process_at_the_same_step(tmp_path):
     mp.spawn(_interrupt_worker, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     outcomes = [json.loads((tmp_path / f"outcome{r}.json").read_text()) for r in range(WORLD)]
@@ -202,7 +176,7 @@ def test_a_signal_on_one_process_stops_every_process_at_the_same_step(tmp_path):
 def test_checkpoint_keys_are_those_of_the_plain_method():
     from selfsup.train import distributed as dt
 
-    method = _build("byol")
+    method = tiny_method("byol", in_channels=3, **EXTRA["byol"]).double()
     keys = list(method.state_dict())
     assert dt.convert_sync_batchnorm(method) > 0
     assert list(method.state_dict()) == keys
@@ -211,14 +185,15 @@ def test_checkpoint_keys_are_those_of_the_plain_method():
 
 
 def test_config_argv_round_trips_through_the_parser():
-    from selfsup.api import _merge, config_argv
     from selfsup.cli import build_parser
     from selfsup.config import TrainConfig
+    from selfsup.runs import merge_options
+    from selfsup.runs.train import config_argv
 
-    cfg = _merge(TrainConfig(), dict(method="byol", data="digits", width=0.125, devices=2, sync_bn=False,
+    cfg = merge_options(TrainConfig(), dict(method="byol", data="digits", width=0.125, devices=2, sync_bn=False,
                                      progress=False, eval_after=False, tau_base=0.95, predictor=False))
     args = vars(build_parser().parse_args(["train", *config_argv(cfg)]))
-    again = _merge(TrainConfig(), {k: v for k, v in args.items() if k != "command" and v is not None})
+    again = merge_options(TrainConfig(), {k: v for k, v in args.items() if k != "command" and v is not None})
     assert again == cfg
 
 
@@ -236,10 +211,8 @@ def test_batch_that_does_not_split_over_devices_is_a_clear_error(tmp_path, capsy
 # ---------------------------------------------------------------------------------------------
 # End to end: 2 processes -> resume on 1 -> resume on 2 (through --devices)
 
-TINY_RUN = ["--method", "byol", "--data", "digits", "--subset", "640", "--width", "0.125", "--batch-size", "64",
-            "--seed", "3",
-            "--projector-hidden-dim", "32", "--projection-dim", "16", "--predictor-hidden-dim", "32",
-            "--log-every", "5", "--no-progress", "--no-online-probe"]
+TINY_RUN = train_flags(method="byol", data="digits", subset=640, width=0.125, batch_size=64, seed=3,
+                       **TINY_HEADS["byol"], log_every=5, progress=False, online_probe=False)
 
 
 def _env() -> dict[str, str]:
@@ -250,6 +223,7 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_torchrun_run_resumes_on_one_process_and_back_on_two(tmp_path):
     from selfsup.api import train
     from selfsup.train.checkpoint import safe_load

@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 import selfsup
+from helpers import train_tiny_run
 from selfsup import api
 from selfsup.cli import main
 from selfsup.data.sources import load_data
@@ -17,26 +18,14 @@ from selfsup.handoff import EncoderInfo, ExportError
 from selfsup.handoff.formats import check_torchvision_compatible, write_safetensors, write_torchvision
 from selfsup.models import build_backbone
 
-TINY = dict(method="byol", data="digits", backbone="resnet18", epochs=1, batch_size=64, progress=False,
-            projector_hidden_dim=64, projection_dim=32, predictor_hidden_dim=64, eval_after=False)
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "small"
-    api.train(width=0.125, subset=128, out=str(out), **TINY)
-    return out
-
-
-@pytest.fixture(scope="module")
 def wide_run(tmp_path_factory):
-    """Width 1 (torchvision-compatible), small stem, one input channel; a single training step."""
-    out = tmp_path_factory.mktemp("runs") / "wide"
-    api.train(width=1.0, subset=64, out=str(out), **TINY)
-    return out
+    """The tiny run at width 1 (torchvision-compatible; the shared ``tiny_run`` is not), small stem, one
+    input channel; a single training step, no evaluation."""
+    return train_tiny_run(tmp_path_factory.mktemp("runs"), "wide", width=1.0, subset=64, eval_after=False)
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +98,10 @@ def test_torchvision_standard_stem_needs_no_changes(tmp_path):
         "m.fc = nn.Identity()", "m.load_state_dict(torch.load('rn18.pt', weights_only=True), strict=True)"]
 
 
-def test_torchvision_export_refuses_other_widths_clearly(small_run, tmp_path, capsys):
+def test_torchvision_export_refuses_other_widths_clearly(tiny_run, tmp_path, capsys):
     with pytest.raises(ExportError, match=r"width 0\.125.*torchvision\.models\.resnet18\(\).*safetensors"):
-        api.export(small_run, format="torchvision", out=tmp_path / "x.pt")
-    assert main(["export", str(small_run), "--format", "torchvision", "--out", str(tmp_path / "x.pt")]) == 2
+        api.export(tiny_run, format="torchvision", out=tmp_path / "x.pt")
+    assert main(["export", str(tiny_run), "--format", "torchvision", "--out", str(tmp_path / "x.pt")]) == 2
     assert "--format torchvision" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
@@ -127,9 +116,9 @@ def test_torchvision_export_refuses_groupnorm_ws():
 # ----------------------------------------------------------------------------- safetensors
 
 
-def test_safetensors_round_trip_gives_identical_features(small_run, digits, tmp_path, capsys):
+def test_safetensors_round_trip_gives_identical_features(tiny_run, digits, tmp_path, capsys):
     out = tmp_path / "enc.safetensors"
-    assert main(["export", str(small_run), "--format", "safetensors", "--out", str(out)]) == 0
+    assert main(["export", str(tiny_run), "--format", "safetensors", "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
     from safetensors import safe_open
 
@@ -142,7 +131,7 @@ def test_safetensors_round_trip_gives_identical_features(small_run, digits, tmp_
 
     loaded = selfsup.load_encoder(out)
     assert _all_eval(loaded)
-    encoder, x = _inputs(small_run, digits.train.images[:32])
+    encoder, x = _inputs(tiny_run, digits.train.images[:32])
     with torch.no_grad():
         assert torch.equal(loaded(x), encoder(x))
     assert loaded.selfsup_info.preprocess()(digits.train.images[:32]).equal(x)
@@ -163,16 +152,16 @@ def test_safetensors_rebuilds_groupnorm_ws(tmp_path):
 # ----------------------------------------------------------------------------- ONNX
 
 
-def test_onnx_matches_pytorch_with_a_dynamic_batch(small_run, digits, tmp_path):
+def test_onnx_matches_pytorch_with_a_dynamic_batch(tiny_run, digits, tmp_path):
     import onnx
     import onnxruntime
 
-    result = api.export(small_run, format="onnx", out=tmp_path / "enc.onnx")
+    result = api.export(tiny_run, format="onnx", out=tmp_path / "enc.onnx")
     assert result["files"] == [str(tmp_path / "enc.onnx")]  # one self-contained file
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "enc.onnx")).metadata_props}
     assert json.loads(props["image_size"]) == 8 and props["backbone"] == "resnet18"
     session = onnxruntime.InferenceSession(str(tmp_path / "enc.onnx"), providers=["CPUExecutionProvider"])
-    encoder, x = _inputs(small_run, digits.test.images[:37])
+    encoder, x = _inputs(tiny_run, digits.test.images[:37])
     with torch.no_grad():
         expected = encoder(x).numpy()
     for rows in (slice(0, 1), slice(0, 37)):
@@ -183,8 +172,8 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(small_run, digits, tmp_path):
 # ----------------------------------------------------------------------------- embed, load_encoder
 
 
-def test_embed_rows_follow_dataset_order_and_labels(small_run, digits, tmp_path):
-    result = api.embed(small_run, out=tmp_path / "emb.npy", progress=False)
+def test_embed_rows_follow_dataset_order_and_labels(tiny_run, digits, tmp_path):
+    result = api.embed(tiny_run, out=tmp_path / "emb.npy", progress=False)
     n_train, n_test = len(digits.train), len(digits.test)
     assert result["rows"] == n_train + n_test and result["splits"] == {"train": n_train, "test": n_test}
     a = np.load(tmp_path / "emb.npy")  # a structured array, no pickle
@@ -194,32 +183,32 @@ def test_embed_rows_follow_dataset_order_and_labels(small_run, digits, tmp_path)
     assert np.array_equal(a["label"], np.r_[digits.train.labels.numpy(), digits.test.labels.numpy()])
     assert a["class"][0] == str(int(digits.train.labels[0]))
 
-    encoder, x_train = _inputs(small_run, digits.train.images[[0, 5, n_train - 1]])
-    _, x_test = _inputs(small_run, digits.test.images[[0, n_test - 1]])
+    encoder, x_train = _inputs(tiny_run, digits.train.images[[0, 5, n_train - 1]])
+    _, x_test = _inputs(tiny_run, digits.test.images[[0, n_test - 1]])
     with torch.no_grad():
         np.testing.assert_allclose(a["embedding"][[0, 5, n_train - 1]], encoder(x_train).numpy(), atol=1e-5)
         np.testing.assert_allclose(a["embedding"][[n_train, n_train + n_test - 1]], encoder(x_test).numpy(),
                                    atol=1e-5)
 
 
-def test_embed_cli_parquet_and_npz_match(small_run, digits, tmp_path):
+def test_embed_cli_parquet_and_npz_match(tiny_run, digits, tmp_path):
     import pyarrow.parquet as pq
 
-    assert main(["embed", str(small_run), "--data", "digits", "--split", "test", "--out",
+    assert main(["embed", str(tiny_run), "--data", "digits", "--split", "test", "--out",
                  str(tmp_path / "emb.parquet"), "--no-progress"]) == 0
     table = pq.read_table(tmp_path / "emb.parquet")
     assert table.num_rows == len(digits.test)
     assert table.column("label").to_pylist() == digits.test.labels.tolist()
     assert json.loads(table.schema.metadata[b"selfsup"])["encoder"]["width"] == 0.125
-    api.embed(small_run, data="digits", split="test", out=tmp_path / "emb.npz", progress=False)
+    api.embed(tiny_run, data="digits", split="test", out=tmp_path / "emb.npz", progress=False)
     z = np.load(tmp_path / "emb.npz")
     parquet_emb = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
     np.testing.assert_array_equal(parquet_emb, z["embeddings"])
     assert np.array_equal(z["indices"], np.arange(len(digits.test))) and set(z["splits"]) == {"test"}
 
 
-def test_load_encoder_from_run_folder_is_ready(small_run):
-    encoder = selfsup.load_encoder(small_run)
+def test_load_encoder_from_run_folder_is_ready(tiny_run):
+    encoder = selfsup.load_encoder(tiny_run)
     assert _all_eval(encoder) and encoder.selfsup_info.image_size == 8
     with torch.no_grad():
         assert encoder(torch.zeros(2, 1, 8, 8)).shape == (2, encoder.selfsup_info.feature_dim)

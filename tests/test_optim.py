@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from selfsup.train.optim import LARS, build_optimizer, warmup_cosine
+from selfsup.schedules import warmup_cosine
+from selfsup.train.optim import LARS, build_optimizer
 
 
 def _one_step(eta, clip, lr=0.5, wd=0.1):

@@ -14,12 +14,29 @@ from torch import nn
 
 from selfsup.data.dataset import DataSplit, ImageDataset
 from selfsup.data.sources import load_data, parse_class_list
-from selfsup.evaluation.fewshot import (Episode, episode_accuracy, fewshot_eval, mean_ci95, prototype_logits,
-                                        prototypes, sample_episode)
+from selfsup.evaluation.fewshot import (
+    Episode,
+    episode_accuracy,
+    fewshot_eval,
+    mean_ci95,
+    prototype_logits,
+    prototypes,
+    sample_episode,
+)
 from selfsup.evaluation.finetune import ClassifierSettings, crop_flip_spec, train_classifier
-from selfsup.evaluation.protocols import (EvalOptions, EvalSetup, Evaluator, ProtocolError, adapt_images,
-                                          check_protocol, evaluate_and_save, format_result, protocol_slug,
-                                          summary_rows)
+from selfsup.evaluation.intervals import wilson_interval
+from selfsup.evaluation.protocols import (
+    EvalOptions,
+    EvalSetup,
+    Evaluator,
+    ProtocolError,
+    adapt_images,
+    check_protocol,
+    evaluate_and_save,
+    format_result,
+    protocol_slug,
+    summary_rows,
+)
 from selfsup.evaluation.semi import balanced_subset, parse_semi, semi_slug
 
 MEAN, STD = [0.3, 0.3, 0.3], [0.3, 0.3, 0.3]
@@ -218,6 +235,7 @@ def test_holdout_classes_never_reach_pretraining():
 
 def test_train_passes_only_non_heldout_images_to_the_loop(tmp_path, monkeypatch):
     import selfsup.api as api
+    import selfsup.runs.train as run_training
 
     seen = {}
 
@@ -228,7 +246,7 @@ def test_train_passes_only_non_heldout_images_to_the_loop(tmp_path, monkeypatch)
         seen["images"] = images
         raise Stop
 
-    monkeypatch.setattr(api, "fit", fake_fit)
+    monkeypatch.setattr(run_training, "fit", fake_fit)  # the loop api.train runs
     with pytest.raises(Stop):
         api.train(method="byol", data="digits", holdout_classes="7,8,9", width=0.125, epochs=1, batch_size=64,
                   out=str(tmp_path / "run"), progress=False, eval_after=False)
@@ -292,11 +310,13 @@ def test_every_protocol_known_answers_and_files(tmp_path):
                  "supervised-toy", "fewshot-toy", "transfer-other", "summary-toy"):
         assert (tmp_path / f"{name}.json").exists(), name
     md = (tmp_path / "summary-toy.md").read_text()
-    for row in ("supervised (from scratch)", "random init", "raw pixels", "byol"):
+    for row in ("supervised (from scratch)", "random init (same init)", "raw pixels", "byol"):
         assert f"| {row} |" in md
     assert "| 100.00 ± 0.00 |" in md  # few-shot cells carry the confidence interval
     rows = dict(summary_rows(out, "byol", ways=3, shots=(1, 2)))
-    assert rows["byol"]["fine-tune"] == "100.00" and rows["supervised (from scratch)"]["linear-aug"] == "-"
+    low, high = wilson_interval(1.0, out["test_images"])  # every accuracy with its 95% interval
+    assert rows["byol"]["fine-tune"] == f"100.00 ({100 * low:.2f}-{100 * high:.2f})"
+    assert rows["supervised (from scratch)"]["linear-aug"] == "-"
     transfer = json.loads((tmp_path / "transfer-other.json").read_text())
     assert transfer["info"]["adapted"] == "resized 6 -> 8 px"
 

@@ -15,7 +15,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,15 @@ import torch
 from PIL import Image
 
 import selfsup
+from helpers import (
+    assert_identical,
+    copy_run,
+    file_stamp,
+    spawn_selfsup,
+    train_flags,
+    wait_exit,
+    wait_for,
+)
 from selfsup.api import load_run, train
 from selfsup.cli import main
 from selfsup.config import ConfigError
@@ -34,82 +42,20 @@ from selfsup.train.checkpoint import CheckpointError, UnsafeCheckpointError, ato
 from selfsup.train.loop import NonFiniteLoss, TrainingInterrupted, _MetricsLogger
 
 SRC = Path(selfsup.__file__).resolve().parents[1]
-HEADS = ["--projector-hidden-dim", "64", "--projection-dim", "32", "--predictor-hidden-dim", "64"]
+BYOL_HEADS = dict(projector_hidden_dim=64, projection_dim=32, predictor_hidden_dim=64)
+HEADS = train_flags(**BYOL_HEADS)
 # the brief's tiny run: 1437 digits / 64 = 22 steps per epoch, 66 steps, a checkpoint every 2 steps
-TINY_ARGS = ["--data", "digits", "--width", "0.125", "--batch-size", "64", "--epochs", "3",
-             "--checkpoint-every", "2", "--no-progress", "--no-eval-after", *HEADS, "--seed", "1"]
+TINY_ARGS = train_flags(data="digits", width=0.125, batch_size=64, epochs=3, checkpoint_every=2, progress=False,
+                        eval_after=False, **BYOL_HEADS, seed=1)
 TINY_STEPS = 66
-# in-process runs: 256 digits / 64 = 4 steps per epoch
-SMALL = dict(method="byol", data="digits", subset=256, backbone="resnet18", width=0.125, batch_size=64,
-             seed=2, progress=False, eval_after=False, projector_hidden_dim=64, projection_dim=32,
-             predictor_hidden_dim=64)
-SMALL_ARGS = ["--data", "digits", "--subset", "256", "--width", "0.125", "--batch-size", "64", "--no-progress",
-              "--no-eval-after", *HEADS]
+# 256 digits / 64 = 4 steps per epoch: in-process runs (SMALL) and the same through the CLI (default seed)
+SMALL_CLI = dict(data="digits", subset=256, width=0.125, batch_size=64, progress=False, eval_after=False, **BYOL_HEADS)
+SMALL = dict(SMALL_CLI, method="byol", backbone="resnet18", seed=2)
+SMALL_ARGS = train_flags(**SMALL_CLI)
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")])),
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-def _spawn(*args: object, log: Path) -> subprocess.Popen:
-    """``selfsup ARGS`` in a subprocess, stdout and stderr to the file ``log``."""
-    with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, "-m", "selfsup", *map(str, args)], env=_env(),
-                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _wait(proc: subprocess.Popen, timeout: float = 180) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    """Identity of the file now at ``path`` (atomic_save replaces it: a new inode each save)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns
-
-
-def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120, poll: float = 0.005) -> bool:
-    """Poll ``condition()`` until true (-> True) or ``proc`` exits first (-> False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if proc.poll() is not None:
-            return condition()
-        time.sleep(poll)
-    proc.kill()
-    raise AssertionError("timed out waiting for the training subprocess")
-
-
-def _assert_identical(a, b, where: str) -> None:
-    """Same nested structure, same values; tensors compared with torch.equal (bit for bit)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            _assert_identical(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def _steps(run: Path) -> list[int]:
@@ -128,7 +74,7 @@ def spawn():
     live: list[subprocess.Popen] = []
 
     def start(*args: object, log: Path) -> subprocess.Popen:
-        live.append(_spawn(*args, log=log))
+        live.append(spawn_selfsup(*args, log=log))
         return live[-1]
 
     yield start
@@ -141,18 +87,11 @@ def spawn():
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory) -> Path:
-    """A finished 1-epoch run folder (4 steps), shared read-only; copy it before changing it."""
-    run = tmp_path_factory.mktemp("small") / "run"
-    train(out=str(run), epochs=1, **SMALL)
-    return run
-
-
 # ---------------------------------------------------------------------------------------------
 # 1. SIGKILL at pseudo-random points, resume until done: bit-identical to an uninterrupted run
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_ends_bit_identical(tmp_path, spawn):
     ref_dir, run = tmp_path / "reference", tmp_path / "run"
     reference = spawn("train", *TINY_ARGS, "--out", ref_dir, log=tmp_path / "reference.log")  # alongside
@@ -172,19 +111,19 @@ def test_sigkill_at_random_points_then_resume_ends_bit_identical(tmp_path, spawn
             time.sleep(rng.uniform(0.05, 1.5))
         else:
             target = max(steps_seen[-1] + 2, next(targets))
-            state = {"stamp": _stamp(ckpt), "step": steps_seen[-1]}
+            state = {"stamp": file_stamp(ckpt), "step": steps_seen[-1]}
 
-            def reached() -> bool:
-                stamp = _stamp(ckpt)
+            def reached(state: dict = state, target: int = target) -> bool:
+                stamp = file_stamp(ckpt)
                 if stamp is not None and stamp != state["stamp"]:
                     state["stamp"], state["step"] = stamp, safe_load(ckpt)["step"]
                 return state["step"] >= target
 
-            _wait_for(reached, proc)
+            wait_for(reached, proc)
             time.sleep(rng.uniform(0.0, 0.12))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-        rc = _wait(proc)
+        rc = wait_exit(proc)
         if rc == 0:  # finished before the kill landed (a very fast machine)
             break
         assert rc == -signal.SIGKILL, (rc, log.read_text()[-3000:])
@@ -195,15 +134,15 @@ def test_sigkill_at_random_points_then_resume_ends_bit_identical(tmp_path, spawn
         killed.append((kind, step))
         proc = spawn("train", "--out", run, "--resume", "--no-progress", log=log)
     else:
-        assert _wait(proc) == 0, log.read_text()[-3000:]
+        assert wait_exit(proc) == 0, log.read_text()[-3000:]
     print("kills (kind, checkpoint step after the kill):", killed)
     assert sum(kind == "checkpoint" for kind, _ in killed) >= 3, killed  # real mid-training kills
-    assert _wait(reference) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    assert wait_exit(reference) == 0, (tmp_path / "reference.log").read_text()[-3000:]
 
     a, b = safe_load(ref_dir / "checkpoints" / "last.pt"), safe_load(ckpt)
     assert a["step"] == b["step"] == TINY_STEPS
-    _assert_identical(a["method"], b["method"], "method")
-    _assert_identical(a["optimizer"], b["optimizer"], "optimizer")
+    assert_identical(a["method"], b["method"], "method")
+    assert_identical(a["optimizer"], b["optimizer"], "optimizer")
     # the log replays too: every line parses (a partial line from a kill was dropped), no step twice
     assert _steps(run) == _steps(ref_dir)
     assert json.loads((run / "summary.json").read_text())["steps"] == TINY_STEPS
@@ -226,6 +165,7 @@ def test_resume_drops_a_partial_last_line_of_metrics(tmp_path):
 # 2. SIGTERM / SIGINT through the CLI: exit 130, the resume command, a checkpoint at that step
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigint_exit_130_with_resume_command_and_checkpoint(tmp_path, spawn):
     procs = {}
     for sig in (signal.SIGTERM, signal.SIGINT):  # both at once: one core each
@@ -235,10 +175,10 @@ def test_sigterm_and_sigint_exit_130_with_resume_command_and_checkpoint(tmp_path
     for sig, (run, proc) in procs.items():
         metrics = run / "metrics.jsonl"
         # the first logged step: the training loop (and its signal handlers) is running
-        assert _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, proc), "exited early"
+        assert wait_for(lambda m=metrics: m.exists() and m.stat().st_size > 0, proc), "exited early"
         proc.send_signal(sig)
     for sig, (run, proc) in procs.items():
-        rc = _wait(proc)
+        rc = wait_exit(proc)
         err = (tmp_path / f"{sig.name}.log").read_text()
         assert rc == 130, (sig, rc, err[-2000:])
         match = re.search(r"stopped at step (\d+); checkpoint saved", err)
@@ -255,7 +195,7 @@ def test_ctrl_c_outside_the_training_steps_exits_130_without_a_traceback(tmp_pat
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("selfsup.api.load_data", interrupted)  # Ctrl-C while the data loads
+    monkeypatch.setattr("selfsup.runs.build.load_data", interrupted)  # Ctrl-C while the data loads
     assert main(["train", *SMALL_ARGS, "--out", str(tmp_path / "run")]) == 130
     assert "selfsup train: interrupted." in capsys.readouterr().err
 
@@ -357,15 +297,8 @@ class _Payload:
         return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
-def _copy_run(src: Path, dst: Path) -> Path:
-    import shutil
-
-    shutil.copytree(src, dst)
-    return dst
-
-
-def test_malicious_checkpoint_is_refused_everywhere_and_runs_nothing(tmp_path, small_run, capsys):
-    run = _copy_run(small_run, tmp_path / "run")
+def test_malicious_checkpoint_is_refused_everywhere_and_runs_nothing(tmp_path, tiny_run, capsys):
+    run = copy_run(tiny_run, tmp_path)
     marker = tmp_path / "MARKER"
     good = safe_load(run / "checkpoints" / "last.pt")
     evil = {**good, "method": {**good["method"], "extra": _Payload(marker)}}
@@ -389,8 +322,8 @@ def test_malicious_checkpoint_is_refused_everywhere_and_runs_nothing(tmp_path, s
     assert not (run / "eval").exists()
 
 
-def test_truncated_or_missing_checkpoint_is_a_clear_error(tmp_path, small_run, capsys):
-    run = _copy_run(small_run, tmp_path / "run")
+def test_truncated_or_missing_checkpoint_is_a_clear_error(tmp_path, tiny_run, capsys):
+    run = copy_run(tiny_run, tmp_path)
     ckpt = run / "checkpoints" / "last.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
@@ -402,17 +335,17 @@ def test_truncated_or_missing_checkpoint_is_a_clear_error(tmp_path, small_run, c
     assert "no checkpoint" in _one_line_error(capsys)
 
 
-def test_resuming_a_copied_run_folder_writes_only_to_the_copy(tmp_path, small_run):
+def test_resuming_a_copied_run_folder_writes_only_to_the_copy(tmp_path, tiny_run):
     """config.yaml stores the original --out; --resume must continue the folder it is given."""
     def snapshot(folder: Path) -> dict[Path, tuple[int, int]]:
         return {p.relative_to(folder): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
 
-    original = snapshot(small_run)
-    copy = _copy_run(small_run, tmp_path / "moved")
+    original = snapshot(tiny_run)
+    copy = copy_run(tiny_run, tmp_path)
     (copy / "summary.json").unlink()
     assert main(["train", "--out", str(copy), "--resume", "--no-progress"]) == 0
     assert json.loads((copy / "summary.json").read_text())["steps"] == 4
-    assert snapshot(small_run) == original
+    assert snapshot(tiny_run) == original
 
 
 def test_atomic_save_leaves_old_or_new_and_cleans_stale_temp_files(tmp_path, monkeypatch):
@@ -500,8 +433,8 @@ def test_folder_without_a_usable_image_fails_before_training(tmp_path, monkeypat
     (["--protocol", "nearest"], "--protocol"),
     (["--data", "imagenet"], "--data"),
 ])
-def test_eval_bad_options_exit_2_and_write_nothing(tmp_path, small_run, capsys, argv, named):
-    run = _copy_run(small_run, tmp_path / "run")
+def test_eval_bad_options_exit_2_and_write_nothing(tmp_path, tiny_run, capsys, argv, named):
+    run = copy_run(tiny_run, tmp_path)
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     assert main(["eval", str(run), "--no-progress", *argv]) == 2
     err = _one_line_error(capsys)

@@ -13,13 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import copy_run
 from selfsup.api import compare, report, train
 from selfsup.cli import main
+from selfsup.reporting.figures import cosine_neighbors, embed_2d, pick_queries
 from selfsup.reporting.plots import compare_figure, plot_run, run_labels
-from selfsup.reporting.report import cosine_neighbors, embed_2d, pick_queries
-
-TINY = dict(method="byol", data="digits", backbone="resnet18", width=0.125, epochs=2, batch_size=64,
-            progress=False, projector_hidden_dim=64, projection_dim=32, predictor_hidden_dim=64)
 
 RUN_PLOTS = ("loss", "lr", "tau", "std_scaled", "rankme", "alignment_uniformity", "cosine")
 
@@ -28,12 +26,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reporting") / "byol-tiny"
-    train(out=str(out), **TINY)
-    # what another engineer's epoch-end hook logs: online-probe / kNN accuracy records
+def run_dir(tiny_run, tmp_path_factory):
+    """A copy of the shared tiny run (its folder name, byol-tiny, is the legend label) with records added."""
+    out = copy_run(tiny_run, tmp_path_factory.mktemp("reporting"))
+    # what another engineer's epoch-end hook logs: online-probe / kNN accuracy records, at the last step
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": 44, "epoch": 2.0, "online_probe_top1": 0.5, "knn_top1": 0.55}) + "\n")
+        f.write(json.dumps({"step": last["step"], "epoch": last["epoch"], "online_probe_top1": 0.5,
+                            "knn_top1": 0.55}) + "\n")
     (out / "eval").mkdir()  # as `selfsup eval RUN_DIR --data ...` writes it
     (out / "eval" / "knn-digits.json").write_text(json.dumps(
         {"protocol": "knn", "data": "digits", "data_source": "sklearn", "test_images": 359, "train_images": 1438,
@@ -167,13 +167,6 @@ def test_plots_tolerate_partial_records_and_clashing_names(tmp_path):
         ["a/seed0", "b/seed0", "c"]
     fig = compare_figure([("x", records, {}), ("y", [], {"knn_top1": 0.5})], ["loss", "knn_top1"])
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["x", "y"]
-
-
-def test_cli_constants_match_the_library():
-    from selfsup.reporting import cli, plots, report as report_module
-
-    assert cli.EMBEDDINGS == report_module.EMBEDDINGS
-    assert cli.DEFAULT_COMPARE_METRICS == plots.DEFAULT_COMPARE_METRICS
 
 
 def test_report_cli(run_dir, reported, capsys):

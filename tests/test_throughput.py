@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from selfsup.api import build_method, training_views
+from helpers import tiny_method
 from selfsup.config import ConfigError, TrainConfig, resolve, validate
 from selfsup.models import build_backbone
+from selfsup.runs import build_method, training_views
 from selfsup.train.loop import LoopSettings, fit
 from selfsup.train.optim import build_optimizer
 
@@ -49,11 +50,6 @@ def test_throughput_benchmark_smoke():
     assert elapsed < 60  # typically well under 30 s; generous for a loaded CI machine
 
 
-def _tiny_byol(checkpointing: bool):
-    cfg = TrainConfig(width=0.0625, batch_size=8, image_size=16, grad_checkpointing=checkpointing)
-    return build_method(cfg, resolve(cfg, 16), 3)
-
-
 def _saved_tensor_count(fn) -> int:
     count = 0
 
@@ -68,7 +64,8 @@ def _saved_tensor_count(fn) -> int:
 
 
 def test_grad_checkpointing_gives_the_same_gradients_and_batchnorm_buffers():
-    plain, ckpt = _tiny_byol(False), _tiny_byol(True)
+    plain, ckpt = (tiny_method("byol", width=0.0625, in_channels=3, grad_checkpointing=checkpointing)
+                   for checkpointing in (False, True))
     assert ckpt.encoder.grad_checkpointing and not plain.encoder.grad_checkpointing
     for a, b in zip(plain.state_dict().values(), ckpt.state_dict().values()):
         assert torch.equal(a, b)
@@ -76,7 +73,7 @@ def test_grad_checkpointing_gives_the_same_gradients_and_batchnorm_buffers():
     counts = []
     for model in (plain, ckpt):
         model.train()
-        counts.append(_saved_tensor_count(lambda: model(views).loss.backward()))
+        counts.append(_saved_tensor_count(lambda m=model: m(views).loss.backward()))
     assert counts[1] < counts[0]  # activations inside the stages were not kept
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
         assert (p.grad is None) == (q.grad is None), name
@@ -173,7 +170,7 @@ def test_training_loop_syncs_with_the_device_only_when_logging(monkeypatch):
 
 def test_augmentation_is_unchanged_by_the_sync_free_paths():
     """Masks read on the CPU, cached normalisation constants: same numbers as the plain ops."""
-    from selfsup.data.augment import (adjust_brightness, augment, normalize, sample_params, apply_params)
+    from selfsup.data.augment import adjust_brightness, apply_params, augment, normalize, sample_params
     from selfsup.data.views import ViewSpec
 
     spec = ViewSpec(size=12, crop_scale=(0.3, 1.0), blur_p=0.5, solarize_p=0.5)

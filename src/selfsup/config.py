@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from selfsup.data.sources import parse_class_list
 from selfsup.evaluation.frozen import PROTOCOLS_FROZEN
 from selfsup.methods import METHODS
 from selfsup.models import BACKBONES, NORMS
+from selfsup.models.timm_backbones import TimmError, check_timm_backbone, is_timm
 from selfsup.train.optim import OPTIMIZERS
 
 RECIPES = ("auto", "paper", "small")
+DATA_MODES = ("auto", "memory", "stream")
 SMALL_IMAGE_MAX = 64  # images up to this size use the small-image recipe and stem under "auto"
 SMALL_IMAGE_CROP_SCALE = (0.2, 1.0)  # crops below ~20% of a 28-px image keep almost nothing
 # SimCLR's CIFAR-10 recipe (Chen et al. 2020, Appendix B.9) drops the blur at 32 px.
@@ -48,8 +47,10 @@ class TrainConfig:
     method: str = "byol"
     data: str = "fashion-mnist"
     subset: int | None = None
-    holdout_classes: str | None = None  # e.g. "5-9" or "7,8,9": class indices removed from the training split (few-shot)
+    holdout_classes: str | None = None  # e.g. "5-9" or "7,8,9": classes removed from the training split (few-shot)
     data_root: str | None = None
+    data_mode: str = "auto"  # memory | stream (a store: selfsup convert); auto: stream when it would not fit
+    data_workers: int = 2  # DataLoader processes decoding a streamed store
     image_size: int | None = None
     backbone: str = "resnet18"
     width: float = 1.0
@@ -109,8 +110,13 @@ def _check(ok: bool, option: str, message: str) -> None:
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError for the first bad option."""
     _check(cfg.method in METHODS, "method", f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
-    _check(cfg.backbone in BACKBONES, "backbone",
-           f"unknown backbone {cfg.backbone!r}; choose from {', '.join(BACKBONES)}")
+    if is_timm(cfg.backbone):  # timm installed, a model of its, and the options that apply to it
+        try:
+            check_timm_backbone(cfg.backbone, width=cfg.width, norm=cfg.norm, grad_checkpointing=cfg.grad_checkpointing)
+        except TimmError as e:
+            raise ConfigError(str(e)) from e
+    _check(cfg.backbone in BACKBONES or is_timm(cfg.backbone), "backbone",
+           f"unknown backbone {cfg.backbone!r}; choose from {', '.join(BACKBONES)}, or timm:NAME (any timm model)")
     _check(cfg.norm in NORMS, "norm", f"unknown norm {cfg.norm!r}; choose from {', '.join(NORMS)}")
     _check(cfg.recipe in RECIPES, "recipe", f"unknown recipe {cfg.recipe!r}; choose from {', '.join(RECIPES)}")
     _check(cfg.optimizer is None or cfg.optimizer in OPTIMIZERS, "optimizer",
@@ -123,9 +129,9 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.batch_size > 1, "batch_size", f"must be at least 2, got {cfg.batch_size}")
     _check(cfg.width > 0, "width", f"must be positive, got {cfg.width}")
     _check(cfg.subset is None or cfg.subset > 0, "subset", f"must be positive, got {cfg.subset}")
+    _check(cfg.data_mode in DATA_MODES, "data_mode", f"choose from {', '.join(DATA_MODES)}, got {cfg.data_mode!r}")
+    _check(cfg.data_workers >= 0, "data_workers", f"must be >= 0, got {cfg.data_workers}")
     if cfg.holdout_classes is not None:
-        from selfsup.data.sources import parse_class_list
-
         try:
             parse_class_list(cfg.holdout_classes)
         except ValueError as e:
@@ -139,7 +145,7 @@ def validate(cfg: TrainConfig) -> None:
         _check(not name or name in AUGMENT_OFF, "augment_off",
                f"unknown augmentation {name!r}; choose from {', '.join(AUGMENT_OFF)}")
     _check(cfg.log_every > 0, "log_every", f"must be positive, got {cfg.log_every}")
-    _check(not cfg.grad_checkpointing or cfg.backbone.startswith("resnet"), "grad_checkpointing",
+    _check(not cfg.grad_checkpointing or cfg.backbone.startswith(("resnet", "timm:")), "grad_checkpointing",
            f"is implemented for the ResNet backbones, not {cfg.backbone!r}")
     _check(cfg.knn_every >= 0, "knn_every", "must be >= 0")
     protocols = cfg.eval_protocols.split(",")
@@ -218,12 +224,3 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in data.items() if k in names})
-
-
-def write_yaml(path: Path, data: dict[str, Any]) -> None:
-    plain = json.loads(json.dumps(data))  # tuples -> lists, str subclasses -> str
-    path.write_text(yaml.safe_dump(plain, sort_keys=False))
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from selfsup.data.dataset import DataSplit, ImageDataset
+from selfsup.io import atomic_write
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
@@ -30,7 +31,6 @@ DEFAULT_IMAGE_SIZE = 64
 TEST_FRACTION = 0.1
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 CACHE_VERSION = 1
-_SPLIT_DIRS = ("train", "test", "val")
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 
@@ -354,10 +354,7 @@ def load_folder(path: str | Path, *, image_size: int | None = None,
 
     record = _build(root, size, progress, workers, files, split_dirs, decode_device)
     try:
-        cache_root.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(record, tmp)
-        os.replace(tmp, cache_file)
+        atomic_write(cache_file, lambda tmp: torch.save(record, tmp))
         note = f"decoded, cached at {cache_file}"
     except OSError as e:
         warnings.warn(f"could not write the image cache {cache_file}: {e}", stacklevel=2)

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from selfsup.data.dataset import DataSplit, ImageDataset
-from selfsup.data.folder import FolderError, load_folder
+from selfsup.data.folder import DEFAULT_IMAGE_SIZE, FolderError, load_folder
+from selfsup.data.resize import resize_uint8
+from selfsup.data.store import StoreError, is_store
+from selfsup.data.stream import decoded_split
 
-DATA_SPECS: tuple[str, ...] = ("fashion-mnist", "digits", "folder:PATH")
+DATA_SPECS: tuple[str, ...] = ("fashion-mnist", "digits", "photos", "folder:PATH", "store:PATH")
 
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -36,6 +38,11 @@ DIGITS_TEST_FRACTION = 0.2
 _IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def data_slug(spec: str) -> str:
+    """A data spec as part of a file or folder name (``folder:/a/b`` -> ``folder__a_b``)."""
+    return spec.strip().replace(":", "_").replace("/", "_")
 
 
 class DataSpecError(ValueError):
@@ -213,18 +220,12 @@ def load_digits_split() -> DataSplit:
 # Entry point
 
 
-def _resize(ds: ImageDataset, size: int, chunk: int = 4096) -> ImageDataset:
-    """Antialiased bilinear resize of square uint8 images to ``size x size``."""
-    if ds.images.shape[-1] == size and ds.images.shape[-2] == size:
+def _resize(ds: ImageDataset, size: int) -> ImageDataset:
+    """``ds`` with its images resized to ``size x size`` (:func:`selfsup.data.resize.resize_uint8`)."""
+    images = resize_uint8(ds.images, size)
+    if images is ds.images:
         return ds
-    out = torch.empty((len(ds), ds.channels, size, size), dtype=torch.uint8)
-    for start in range(0, len(ds), chunk):
-        x = ds.images[start:start + chunk].float()
-        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)
-        out[start:start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
-    return ImageDataset(name=ds.name, images=out, labels=ds.labels, classes=ds.classes,
-                        paths=ds.paths)
+    return ImageDataset(name=ds.name, images=images, labels=ds.labels, classes=ds.classes, paths=ds.paths)
 
 
 def parse_class_list(text: str) -> list[int]:
@@ -278,15 +279,28 @@ def _take_subset(split: DataSplit, subset: int, seed: int, spec: str) -> DataSpl
                      skipped=split.skipped)
 
 
+def store_path(spec: str) -> Path | None:
+    """The store a data spec names: ``store:PATH``, or a ``folder:PATH`` that holds a store; else None."""
+    kind, sep, arg = spec.strip().partition(":")
+    kind = kind.strip().lower()
+    if sep and kind == "store":
+        return Path(arg.strip()).expanduser()
+    if sep and kind == "folder" and arg.strip() and is_store(arg.strip()):
+        return Path(arg.strip()).expanduser()
+    return None
+
+
 def load_data(spec: str, *, subset: int | None = None, seed: int = 0,
               root: str | Path | None = None, cache_dir: str | Path | None = None,
               image_size: int | None = None, progress: bool = True,
-              holdout_classes: list[int] | str | None = None) -> DataSplit:
+              holdout_classes: list[int] | str | None = None, max_train: int | None = None) -> DataSplit:
     """Load the data named by ``spec`` (one of :data:`DATA_SPECS`).
 
     ``root``: where Fashion-MNIST is looked for first. ``cache_dir``: the decoded-image cache of
     ``folder:`` sources (default ``~/.cache/selfsup/folders``). ``image_size``: square output size
-    (``folder:`` default 64; built-in datasets keep their native size unless given).
+    (``folder:`` and ``store:`` default 64; built-in datasets keep their native size unless given).
+    A ``store:`` (see :mod:`selfsup.data.store`) is decoded at that size, resize + centre crop;
+    ``max_train``: only its first ``max_train`` training rows (a random sample: rows are shuffled).
     ``subset``: keep a ``seed``-drawn sample of that many training images (test untouched).
     ``holdout_classes``: class indices (or ``"7,8,9"``, ``"5-9"``) whose images are removed from
     the training split *before* ``subset`` is drawn -- pretraining never sees them, and the
@@ -298,7 +312,14 @@ def load_data(spec: str, *, subset: int | None = None, seed: int = 0,
         raise DataSpecError(f"image size must be a positive integer, got {image_size!r}")
     kind, sep, arg = text.partition(":")
     kind = kind.strip().lower()
-    if kind == "folder" and sep:
+    store = store_path(text)
+    if store is not None:
+        try:
+            split = decoded_split(store, DEFAULT_IMAGE_SIZE if image_size is None else int(image_size),
+                                  max_train=max_train, progress=progress)
+        except StoreError as e:
+            raise DataSpecError(f"data spec {spec!r}: {_one_line(e)}") from e
+    elif kind == "folder" and sep:
         if not arg.strip():
             raise DataSpecError(f"data spec {spec!r}: folder: needs a path, e.g. folder:~/photos")
         try:
@@ -310,9 +331,16 @@ def load_data(spec: str, *, subset: int | None = None, seed: int = 0,
         split = load_fashion_mnist(root)
     elif kind == "digits" and not sep:
         split = load_digits_split()
+    elif kind == "photos" and not sep:  # colour crops of the photographs scikit-learn and scikit-image ship
+        from selfsup.data.photos import PhotosUnavailable, load_photos_split
+
+        try:
+            split = load_photos_split()
+        except PhotosUnavailable as e:
+            raise DataSpecError(f"data spec {spec!r}: {e}") from e
     else:
         raise DataSpecError(f"unknown data spec {spec!r}; valid choices: {_choices()}")
-    if image_size is not None and kind != "folder":
+    if image_size is not None and kind not in ("folder", "store"):
         size = int(image_size)
         split = DataSplit(train=_resize(split.train, size), test=_resize(split.test, size),
                           source=f"{split.source}; resized to {size}px", skipped=split.skipped)

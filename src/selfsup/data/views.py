@@ -48,8 +48,6 @@ def byol_views(size: int, crop_scale: tuple[float, float] = (0.08, 1.0)) -> list
 
 SWAV_GLOBAL_SCALE = (0.14, 1.0)
 SWAV_LOCAL_SCALE = (0.05, 0.14)
-DINO_GLOBAL_SCALE = (0.4, 1.0)
-DINO_LOCAL_SCALE = (0.05, 0.4)
 LOCAL_SIZE_FRACTION = 96 / 224  # local / global side of both papers
 MIN_LOCAL_SIZE = 4
 

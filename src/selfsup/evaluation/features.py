@@ -8,10 +8,13 @@ in batches and leaves the encoder's train/eval flags exactly as it found them.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+
+from selfsup.models.modes import keep_modes
 
 __all__ = ["extract_features"]
 
@@ -37,28 +40,17 @@ def extract_features(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    n = images.shape[0]
-    modes = [(m, m.training) for m in encoder.modules()]
-    encoder.eval()
-    try:
-        starts = range(0, n, batch_size)
-        if progress:
-            try:
-                from tqdm.auto import tqdm
-
-                starts = tqdm(starts, desc="features", unit="batch", leave=False)
-            except ImportError:  # tqdm is a dependency, but keep progress optional
-                pass
-        chunks: list[torch.Tensor] = []
+    starts = range(0, images.shape[0], batch_size)
+    if progress:
+        starts = tqdm(starts, desc="features", unit="batch", leave=False)
+    chunks: list[torch.Tensor] = []
+    with keep_modes(encoder):
         for start in starts:
             batch = images[start:start + batch_size].to(device, non_blocking=True)
             out = encoder(preprocess(batch))
             if out.dim() > 2:
                 out = out.flatten(1)
             chunks.append(out.float().cpu())
-    finally:
-        for module, mode in modes:
-            module.training = mode
     if not chunks:
         return torch.empty(0, 0, dtype=torch.float32)
     return torch.cat(chunks, dim=0)

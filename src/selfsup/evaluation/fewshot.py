@@ -21,14 +21,14 @@ episodes -- also for different encoders, which are then compared on identical ep
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["Episode", "FewShotResult", "sample_episode", "prototypes", "prototype_logits", "episode_accuracy",
-           "mean_ci95", "fewshot_eval", "METRICS"]
+           "mean_ci95", "fewshot_eval", "METRICS", "episodic_eval", "crosstransformer_fewshot_eval"]
 
 METRICS = ("euclidean", "cosine")
 
@@ -136,3 +136,45 @@ def fewshot_eval(features: torch.Tensor, labels: torch.Tensor, n_way: int = 5, k
     std = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
     return FewShotResult(mean=mean, ci95=ci, std=std, episodes=episodes, n_way=n_way, k_shot=k_shot,
                          n_query=n_query, metric=metric)
+
+
+def episodic_eval(classify: Callable[[Episode], torch.Tensor], labels: torch.Tensor, n_way: int = 5, k_shot: int = 1,
+                  n_query: int = 15, episodes: int = 600, seed: int = 0, classes: Sequence[int] | None = None,
+                  metric: str = "custom") -> FewShotResult:
+    """Mean accuracy and 95% CI of any episode classifier: ``classify(episode)`` returns the predicted
+    label of each query. The episodes are those of :func:`fewshot_eval` with the same seed."""
+    if episodes < 1:
+        raise ValueError("episodes must be >= 1")
+    gen = torch.Generator().manual_seed(seed)
+    accs = []
+    for _ in range(episodes):
+        episode = sample_episode(labels, n_way, k_shot, n_query, gen, classes)
+        accs.append(float((classify(episode).cpu() == episode.query_labels).float().mean()))
+    mean, ci = mean_ci95(accs)
+    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
+    return FewShotResult(mean=mean, ci95=ci, std=std, episodes=episodes, n_way=n_way, k_shot=k_shot,
+                         n_query=n_query, metric=metric)
+
+
+@torch.no_grad()
+def crosstransformer_fewshot_eval(feature_maps: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
+                                  n_way: int = 5, k_shot: int = 1, n_query: int = 15, episodes: int = 600,
+                                  seed: int = 0, classes: Sequence[int] | None = None) -> FewShotResult:
+    """CrossTransformer few-shot evaluation (Doersch et al. 2020): ``feature_maps`` ``[N, C, H, W]`` of the
+    frozen backbone (any float dtype), ``head(support_maps, support_labels, query_maps, n_way)`` the trained
+    :class:`selfsup.models.crosstransformer.CrossTransformerHead`; episodes as :func:`fewshot_eval`'s."""
+    if feature_maps.shape[0] != labels.shape[0]:
+        raise ValueError("feature maps and labels have different lengths")
+    was_training = head.training
+    head.eval()
+    device = next(head.parameters()).device
+
+    def classify(episode: Episode) -> torch.Tensor:
+        support = feature_maps[episode.support].to(device).float()
+        query = feature_maps[episode.query].to(device).float()
+        return head(support, episode.support_labels.to(device), query, n_way).argmax(1)
+
+    try:
+        return episodic_eval(classify, labels, n_way, k_shot, n_query, episodes, seed, classes, "crosstransformer")
+    finally:
+        head.train(was_training)

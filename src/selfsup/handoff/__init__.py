@@ -12,9 +12,17 @@ are imported only when a format needs them.
 """
 
 from selfsup.handoff.embed import EMBED_FORMATS, SPLITS, embed_dataset
-from selfsup.handoff.formats import (FORMATS, EncoderInfo, ExportError, export_encoder, load_encoder,
-                                     read_onnx_info, read_safetensors_info, torchvision_load_code,
-                                     torchvision_resnet)
+from selfsup.handoff.formats import (
+                                     FORMATS,
+                                     EncoderInfo,
+                                     ExportError,
+                                     export_encoder,
+                                     load_encoder,
+                                     read_onnx_info,
+                                     read_safetensors_info,
+                                     torchvision_load_code,
+                                     torchvision_resnet,
+)
 
 __all__ = ["EMBED_FORMATS", "FORMATS", "SPLITS", "EncoderInfo", "ExportError", "embed_dataset", "export_encoder",
            "load_encoder", "read_onnx_info", "read_safetensors_info", "torchvision_load_code", "torchvision_resnet"]

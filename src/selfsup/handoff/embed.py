@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
-from selfsup.handoff.formats import ExportError, _atomic_write, _load_source
+from selfsup.data.dataset import ImageDataset
+from selfsup.data.sources import data_slug, load_data
+from selfsup.evaluation.features import extract_features
+from selfsup.handoff.formats import ExportError, _load_source
+from selfsup.io import atomic_write
+from selfsup.runs import stored_config
+from selfsup.train.distributed import pick_device
 
 EMBED_FORMATS = (".npy", ".npz", ".parquet")
 SPLITS = ("all", "train", "test")
@@ -31,7 +40,7 @@ SPLITS = ("all", "train", "test")
 
 def default_embed_out(run_dir: str | Path, data: str) -> Path:
     base = Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent
-    return base / "embeddings" / f"{data.replace(':', '_').replace('/', '_').strip('_')}.npy"
+    return base / "embeddings" / f"{data_slug(data).strip('_')}.npy"
 
 
 def embed_dataset(source: str | Path, data: str | None = None, out: str | Path | None = None,
@@ -43,10 +52,27 @@ def embed_dataset(source: str | Path, data: str | None = None, out: str | Path |
     required). ``split``: ``all`` (train then test), ``train`` or ``test``. Returns a summary
     dict (``path``, ``rows``, ``dim``, ``data``, ``data_source``, ``seconds``, ...).
     """
-    from selfsup.api import pick_device
-    from selfsup.data.sources import load_data
-    from selfsup.evaluation.features import extract_features
+    out_path = _checked_options(split, batch_size, out)
+    dev = pick_device(device)
+    encoder, info = _load_source(source, device=str(dev))
+    data, image_size, root = _data_to_embed(source, data, data_root)
+    out_path = out_path or default_embed_out(source, data)
+    start = time.perf_counter()
+    loaded = load_data(data, root=root, image_size=image_size, progress=progress)
+    parts = [(name, getattr(loaded, name)) for name in ("train", "test") if split in ("all", name)]
+    if parts[0][1].channels != info.in_channels:
+        raise ExportError(f"--data: {data} has {parts[0][1].channels}-channel images, but the encoder takes "
+                          f"{info.in_channels} channel(s)")
+    embeddings, columns = _embed_parts(encoder, info.preprocess(), parts, batch_size, dev, progress)
+    meta = {"encoder": info.to_dict(), "run": str(source), "data": data, "data_source": loaded.source,
+            "split": split, "preprocess": f"uint8/255, resize to {info.image_size}, (x - mean) / std"}
+    _write(out_path, embeddings, columns, meta)
+    return {"path": str(out_path), "rows": int(embeddings.shape[0]), "dim": int(embeddings.shape[1]),
+            "data": data, "data_source": loaded.source, "split": split,
+            "splits": {name: len(ds) for name, ds in parts}, "seconds": time.perf_counter() - start}
 
+
+def _checked_options(split: str, batch_size: int, out: str | Path | None) -> Path | None:
     if split not in SPLITS:
         raise ExportError(f"--split: unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if batch_size < 1:
@@ -59,28 +85,27 @@ def embed_dataset(source: str | Path, data: str | None = None, out: str | Path |
             import pyarrow  # noqa: F401
         except ImportError as e:
             raise ExportError("--out .parquet needs pyarrow: pip install 'selfsup[export]' (or write .npy)") from e
-    dev = pick_device(device)
-    encoder, info = _load_source(source, device=str(dev))
-    image_size, root = None, data_root
-    if Path(source).is_dir():
-        from selfsup.config import config_from_dict, read_yaml
+    return out_path
 
-        cfg = config_from_dict(read_yaml(Path(source) / "config.yaml")["config"])
-        data = data or cfg.data
-        image_size, root = cfg.image_size, data_root or cfg.data_root  # as `selfsup eval` loads it
-    elif data is None:
+
+def _data_to_embed(source: str | Path, data: str | None, data_root: str | None) -> tuple[str, int | None, str | None]:
+    """``(data, image_size, root)``: a run folder's data as `selfsup eval` loads it, unless ``data`` is given."""
+    if Path(source).is_dir():
+        cfg = stored_config(source)
+        return data or cfg.data, cfg.image_size, data_root or cfg.data_root
+    if data is None:
         raise ExportError("--data: required when embedding with an exported file (no run settings to default to)")
-    out_path = out_path or default_embed_out(source, data)
-    start = time.perf_counter()
-    loaded = load_data(data, root=root, image_size=image_size, progress=progress)
-    parts = [(name, getattr(loaded, name)) for name in ("train", "test") if split in ("all", name)]
-    if parts[0][1].channels != info.in_channels:
-        raise ExportError(f"--data: {data} has {parts[0][1].channels}-channel images, but the encoder takes "
-                          f"{info.in_channels} channel(s)")
-    preprocess = info.preprocess()
-    columns: dict[str, list[Any]] = {"split": [], "index": [], "label": [], "class": [], "path": [], "embedding": []}
+    return data, None, data_root
+
+
+def _embed_parts(encoder: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor],
+                 parts: list[tuple[str, ImageDataset]], batch_size: int, device: torch.device,
+                 progress: bool) -> tuple[np.ndarray, dict[str, list[Any]]]:
+    """Embeddings ``[N, D]`` of every part, in order, and the per-row columns."""
+    columns: dict[str, list[Any]] = {"split": [], "index": [], "label": [], "class": [], "path": []}
+    chunks = []
     for name, ds in parts:
-        feats = extract_features(encoder, ds.images, preprocess, batch_size=batch_size, device=dev,
+        feats = extract_features(encoder, ds.images, preprocess, batch_size=batch_size, device=device,
                                  progress=progress)
         n = len(ds)
         labels = ds.labels.tolist() if ds.labels is not None else [-1] * n
@@ -89,15 +114,8 @@ def embed_dataset(source: str | Path, data: str | None = None, out: str | Path |
         columns["label"] += labels
         columns["class"] += [ds.classes[y] if 0 <= y < len(ds.classes) else "" for y in labels]
         columns["path"] += list(ds.paths) if ds.paths is not None else [""] * n
-        columns["embedding"].append(feats.numpy().astype(np.float32, copy=False))
-    embeddings = np.concatenate(columns.pop("embedding"), axis=0)
-    meta = {"encoder": info.to_dict(), "run": str(source), "data": data, "data_source": loaded.source,
-            "split": split, "preprocess": f"uint8/255, resize to {info.image_size}, (x - mean) / std"}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    _write(out_path, embeddings, columns, meta)
-    return {"path": str(out_path), "rows": int(embeddings.shape[0]), "dim": int(embeddings.shape[1]),
-            "data": data, "data_source": loaded.source, "split": split,
-            "splits": {name: len(ds) for name, ds in parts}, "seconds": time.perf_counter() - start}
+        chunks.append(feats.numpy().astype(np.float32, copy=False))
+    return np.concatenate(chunks, axis=0), columns
 
 
 def _text(values: list[str]) -> np.ndarray:
@@ -140,7 +158,7 @@ def _write(path: Path, emb: np.ndarray, cols: dict[str, list[Any]], meta: dict[s
 
         def write(tmp: str) -> None:
             pq.write_table(table, tmp)
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 __all__ = ["EMBED_FORMATS", "SPLITS", "embed_dataset", "default_embed_out"]

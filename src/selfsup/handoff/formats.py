@@ -15,6 +15,9 @@ Three formats, all holding the *backbone* only (pooled features ``[B, D]``, no p
   stored as ONNX ``metadata_props``. The export is checked against PyTorch with onnxruntime when
   it is installed.
 
+A ``timm:NAME`` backbone exports as safetensors (timm's own ``state_dict`` keys; the timm version
+is stored too, as the architecture is timm's code) or ONNX; not as torchvision.
+
 Inputs of every format are preprocessed as selfsup's evaluation does: uint8 / 255, bilinear
 (antialiased) resize to ``image_size``, then per-channel ``(x - mean) / std``.
 """
@@ -24,16 +27,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from selfsup import __version__
 from selfsup.config import ConfigError
+from selfsup.evaluation.frozen import eval_preprocess
+from selfsup.io import atomic_write
+from selfsup.models import build_backbone
+from selfsup.models.timm_backbones import TimmError, import_timm, is_timm
+from selfsup.runs import Run, load_run
 
 FORMATS: dict[str, str] = {"torchvision": ".pt", "safetensors": ".safetensors", "onnx": ".onnx"}
 FORMAT_TAG = "selfsup-encoder"
@@ -61,6 +69,7 @@ class EncoderInfo:
     method: str = ""
     data: str = ""
     selfsup_version: str = ""
+    timm_version: str = ""  # timm:NAME backbones: the timm that built it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,8 +102,6 @@ class EncoderInfo:
 
     def preprocess(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """uint8 ``[B, C, H, W]`` -> the encoder's input (resize to ``image_size``, normalise)."""
-        from selfsup.evaluation.frozen import eval_preprocess
-
         return eval_preprocess(self.image_size, self.mean, self.std)
 
 
@@ -102,21 +109,26 @@ class EncoderInfo:
 # sources: a run folder or an exported file
 
 
-def info_from_run(run: Any) -> EncoderInfo:
-    """The ``EncoderInfo`` of a loaded run (``selfsup.api.Run``)."""
-    from selfsup import __version__
-
+def info_from_run(run: Run) -> EncoderInfo:
+    """The ``EncoderInfo`` of a loaded run."""
     encoder = run.encoder
     return EncoderInfo(backbone=run.config.backbone, width=float(run.config.width),
                        in_channels=_in_channels(encoder), small_stem=bool(run.resolved.small_stem),
-                       norm=run.config.norm, image_size=int(run.resolved.image_size),
+                       norm=getattr(run.method, "backbone_norm", run.config.norm),  # a method may swap norms
+                       image_size=int(run.resolved.image_size),
                        mean=[float(v) for v in run.mean], std=[float(v) for v in run.std],
                        feature_dim=int(encoder.feature_dim), method=run.config.method, data=run.config.data,
-                       selfsup_version=__version__)
+                       selfsup_version=__version__, timm_version=_timm_version(run.config.backbone))
+
+
+def _timm_version(backbone: str) -> str:
+    return import_timm(backbone).__version__ if is_timm(backbone) else ""
 
 
 def _in_channels(encoder: nn.Module) -> int:
     """Input channels of a backbone: those of its first convolution (ResNet stem, ViT patch embedding)."""
+    if isinstance(getattr(encoder, "in_channels", None), int):  # timm models: recorded when built
+        return encoder.in_channels
     return int(next(m for m in encoder.modules() if isinstance(m, nn.Conv2d)).in_channels)
 
 
@@ -124,10 +136,11 @@ def _load_source(source: str | Path, device: str = "cpu") -> tuple[nn.Module, En
     """``(encoder in eval mode, info)`` from a run folder or an exported file."""
     path = Path(source)
     if path.is_dir():
-        from selfsup.api import load_run
-
-        run = load_run(path, device=device)
-        return run.encoder.eval(), info_from_run(run)
+        try:
+            run = load_run(path, device=device)
+            return run.encoder.eval(), info_from_run(run)
+        except TimmError as e:  # a timm:NAME run without timm installed
+            raise ExportError(str(e)) from e
     if not path.exists():
         raise ExportError(f"{path}: no such run folder or encoder file")
     suffix = path.suffix.lower()
@@ -154,10 +167,23 @@ def load_encoder(source: str | Path, device: str = "cpu") -> nn.Module:
 
 
 def _build(info: EncoderInfo) -> nn.Module:
-    from selfsup.models import build_backbone
+    try:
+        return build_backbone(info.backbone, width=info.width, in_channels=info.in_channels,
+                              small_stem=info.small_stem, norm=info.norm)
+    except TimmError as e:
+        raise ExportError(str(e)) from e
 
-    return build_backbone(info.backbone, width=info.width, in_channels=info.in_channels,
-                          small_stem=info.small_stem, norm=info.norm)
+
+def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], info: EncoderInfo, path: Path) -> None:
+    """Strict ``load_state_dict``; for a timm model a mismatch most likely means another timm version."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        if not is_timm(info.backbone):
+            raise
+        installed = import_timm(info.backbone).__version__
+        raise ExportError(f"{path}: its weights do not fit {info.backbone} as timm {installed} builds it (exported "
+                          f"with timm {info.timm_version or '?'}); install that timm version") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,17 +233,6 @@ def _require_missing_deps(modules: tuple[str, ...]) -> None:
         raise ExportError(f"this needs the optional package(s) {', '.join(missing)}: {EXTRA_HINT}")
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _plain_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
 
@@ -230,6 +245,9 @@ def check_torchvision_compatible(info: EncoderInfo) -> None:
     """Raise :class:`ExportError` unless torchvision's ``resnetXX()`` can hold this backbone."""
     import torchvision.models
 
+    if is_timm(info.backbone):
+        raise ExportError(f"--format torchvision: {info.backbone} is a timm model, which torchvision's constructors "
+                          "cannot build; use --format safetensors (load with selfsup.load_encoder) or --format onnx")
     if not info.backbone.startswith("resnet") or not hasattr(torchvision.models, info.backbone):
         raise ExportError(f"--format torchvision: covers the ResNet backbones, not {info.backbone}; use --format "
                           "safetensors (load with selfsup.load_encoder) or --format onnx")
@@ -290,7 +308,7 @@ def write_torchvision(encoder: nn.Module, info: EncoderInfo, out: Path) -> list[
     state = _plain_state(encoder)
     reference = torchvision_resnet(info)
     reference.load_state_dict(state, strict=True)  # fails here, not in the user's hands
-    _atomic_write(out, lambda tmp: torch.save(state, tmp))
+    atomic_write(out, lambda tmp: torch.save(state, tmp))
     sidecar = sidecar_path(out)
     meta = {"format": "torchvision", "format_tag": FORMAT_TAG, "format_version": FORMAT_VERSION,
             "weights": out.name, "torchvision_model": f"torchvision.models.{info.backbone}",
@@ -298,7 +316,7 @@ def write_torchvision(encoder: nn.Module, info: EncoderInfo, out: Path) -> list[
             "preprocess": f"uint8 / 255, bilinear antialiased resize to {info.image_size}x{info.image_size}, "
                           "then (x - mean) / std per channel",
             "load": torchvision_load_code(info, out.name).splitlines()}
-    _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
     return [out, sidecar]
 
 
@@ -322,7 +340,7 @@ def write_safetensors(encoder: nn.Module, info: EncoderInfo, out: Path) -> list[
     from safetensors.torch import save_file
 
     state = _plain_state(encoder)
-    _atomic_write(out, lambda tmp: save_file(state, tmp, metadata=info.to_strings()))
+    atomic_write(out, lambda tmp: save_file(state, tmp, metadata=info.to_strings()))
     return [out]
 
 
@@ -343,7 +361,7 @@ def _load_safetensors(path: Path, device: str) -> tuple[nn.Module, EncoderInfo]:
 
     info = read_safetensors_info(path)
     model = _build(info)
-    model.load_state_dict(load_file(str(path)), strict=True)
+    _load_weights(model, load_file(str(path)), info, path)
     return model.to(device).eval(), info
 
 
@@ -381,7 +399,7 @@ def write_onnx(encoder: nn.Module, info: EncoderInfo, out: Path, verify: bool = 
         if verify:
             _verify_onnx(encoder, tmp, info)
 
-    _atomic_write(out, export)
+    atomic_write(out, export)
     return [out]
 
 

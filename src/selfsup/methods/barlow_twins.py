@@ -11,15 +11,11 @@ over processes) -- never by the local batch, nor averaged over processes.
 
 Defaults (Sec. 2 and the official repo): projector of 3 linear layers of 8192 (BN + ReLU after the
 first two), lambda 0.0051 (the paper's 5e-3; 0.0051 in the code), LARS lr 0.2 x batch/256 for
-weights and 0.0048 x batch/256 for biases and BN parameters (``bias_lr_multiplier`` 0.024;
-these get neither weight decay nor LARS adaptation), weight decay 1.5e-6, 10 warm-up epochs,
-cosine; BYOL's asymmetric views. Small-image recipe: a projector of 1024 and ten times the
-paper's lr (LARS 2 x batch/256, biases still 0.024 of it), one warm-up epoch. Measured on
-Fashion-MNIST (5k images, 3 epochs, batch 64; BENCHMARKS.md): kNN 67.39 / 67.39 / 69.51 for seeds
-0 / 1 / 2 against 63.68 / 59.54 / 63.69 for the random-init encoder; the paper's lr 0.2 scored
-59.42 (seed 0, below random init) and lr 10 66.33. On digits (batch 128, seed 0, random init
-0.557) this recipe scores 0.552 at 10 epochs and 0.685 at 30 on an AMD EPYC machine; session 2's
-digits figures at lr 0.2 (0.60-0.65 at 10 epochs) did not reproduce there (0.515).
+weights and 0.0048 x batch/256 for biases and BN parameters (``bias_lr_multiplier`` 0.024; these get
+neither weight decay nor LARS adaptation), weight decay 1.5e-6, 10 warm-up epochs, cosine over 1000
+epochs at batch 2048; BYOL's asymmetric views. Small-image recipe: a projector of 1024 and ten times
+the paper's lr (LARS 2 x batch/256, biases still 0.024 of it), one warm-up epoch: at the paper's lr
+the encoder barely moves in a run of a few hundred steps (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -30,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from selfsup.methods.base import Method, StepOutput
-from selfsup.methods.distributed import gather_with_grad
+from selfsup.comm import gather_with_grad
+from selfsup.methods.base import Method, StepOutput, bias_lr_groups
 from selfsup.methods.losses import barlow_twins_loss
 from selfsup.models.heads import mlp
 
@@ -71,6 +67,4 @@ class BarlowTwins(Method):
                           metrics={"barlow_twins": loss.detach()})
 
     def param_groups(self) -> list[dict[str, Any]]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": [p for p in params if p.ndim > 1]},
-                {"params": [p for p in params if p.ndim <= 1], "lr_multiplier": self.config.bias_lr_multiplier}]
+        return bias_lr_groups(self, self.config.bias_lr_multiplier)

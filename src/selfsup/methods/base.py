@@ -92,3 +92,31 @@ class Method(nn.Module):
     def param_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters, as optimiser groups; a group may set ``lr_multiplier``."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    @torch.no_grad()
+    def preview_panels(self, views: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+        """What the network is shown beyond the augmented ``views`` (un-normalised [0, 1] floats
+        ``[N, C, H, W]``): ``(caption, images [N, C', H', W'] in [0, 1])`` columns for the preview,
+        e.g. jigsaw tiles in their permuted order or a masked image. Default: nothing more."""
+        return []
+
+
+def bias_lr_groups(method: nn.Module, bias_lr_multiplier: float) -> list[dict[str, Any]]:
+    """Two optimiser groups: the weights (``ndim > 1``), then the biases and norm parameters at
+    ``bias_lr_multiplier`` times the lr (Barlow Twins' and VICReg's official optimiser setup)."""
+    params = [p for p in method.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "lr_multiplier": bias_lr_multiplier}]
+
+
+def predictor_lr_groups(method: nn.Module, predictor: nn.Module | None,
+                        predictor_lr_multiplier: float) -> list[dict[str, Any]]:
+    """Two optimiser groups: every trainable parameter outside ``predictor``, then the predictor's at
+    ``predictor_lr_multiplier`` times the lr (BYOL's and SimSiam's predictor lr); one without a predictor."""
+    predictor_params = list(predictor.parameters()) if predictor is not None else []
+    in_predictor = set(predictor_params)
+    rest = [p for p in method.parameters() if p.requires_grad and p not in in_predictor]
+    groups: list[dict[str, Any]] = [{"params": rest}]
+    if predictor_params:
+        groups.append({"params": predictor_params, "lr_multiplier": predictor_lr_multiplier})
+    return groups

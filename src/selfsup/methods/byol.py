@@ -10,6 +10,14 @@ no EMA (target = online weights, tau = 0), fixed target (tau = 1), a predictor l
 multiplier, and beta times an NT-Xent term with negatives (the BYOL-to-SimCLR bridge, Sec. 5 and
 Appendix G). ``bootstrap_weight=0`` with ``negatives_beta=1``, no predictor, ``target="none"`` and no
 stop-gradient leaves the contrastive term alone: SimCLR expressed in BYOL's code.
+
+Defaults (Sec. 3.3, Appendix J): projector and predictor 4096 -> 256 with BN, tau_base 0.996, LARS
+lr 0.2 x batch/256 (batch 4096), weight decay 1.5e-6, 10 warm-up epochs, cosine over 1000 epochs;
+the asymmetric views of Table 6.
+Small-image recipe: heads 1024 -> 128, tau_base 0.99 (a faster target for runs of a few hundred
+steps), LARS lr 1.0 x batch/256 with trust coefficient 0.02 and clipping (solo-learn's CIFAR
+setting), weight decay 1e-5, one warm-up epoch: the paper's trust coefficient 1e-3 moves each layer
+by ~0.1% a step, right for 300k steps and too slow for a few hundred (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from selfsup.methods.base import Method, StepOutput
-from selfsup.methods.distributed import gather_with_grad, rank
+from selfsup.comm import gather_with_grad, rank
+from selfsup.methods.base import Method, StepOutput, predictor_lr_groups
 from selfsup.methods.losses import byol_loss, nt_xent_gathered_loss
 from selfsup.methods.momentum import cosine_tau, ema_update, frozen_copy
 from selfsup.models.heads import mlp
@@ -55,7 +63,6 @@ class BYOLConfig:
 class BYOL(Method):
     name = "byol"
     Config = BYOLConfig
-    OPTIMIZER = {"optimizer": "lars", "lr": 0.2, "weight_decay": 1.5e-6, "warmup_epochs": 10}
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 1024, "projection_dim": 128,
                           "predictor_hidden_dim": 1024, "tau_base": 0.99}
     SMALL_IMAGE_OPTIMIZER = {"optimizer": "lars", "lr": 1.0, "weight_decay": 1e-5, "warmup_epochs": 1,
@@ -121,10 +128,4 @@ class BYOL(Method):
         return {"tau": tau}
 
     def param_groups(self) -> list[dict[str, Any]]:
-        predictor = list(self.predictor.parameters()) if self.predictor is not None else []
-        in_predictor = set(predictor)
-        rest = [p for p in self.parameters() if p.requires_grad and p not in in_predictor]
-        groups: list[dict[str, Any]] = [{"params": rest}]
-        if predictor:
-            groups.append({"params": predictor, "lr_multiplier": self.config.predictor_lr_multiplier})
-        return groups
+        return predictor_lr_groups(self, self.predictor, self.config.predictor_lr_multiplier)

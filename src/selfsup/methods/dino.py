@@ -1,4 +1,5 @@
-"""DINO: self-distillation with no labels (Caron et al., ICCV 2021).
+"""DINO, self-distillation with no labels: Emerging Properties in Self-Supervised Vision Transformers
+(Caron et al., ICCV 2021).
 
     student:  P_s(x) = softmax(g_s(x) / t_s)                     every crop (2 global + V local)
     teacher:  P_t(x) = softmax((g_t(x) - c) / t_t)               the 2 global crops, no gradient
@@ -22,12 +23,11 @@ best models). Simplifications: the weight decay is constant 0.04 (the paper's co
 not scheduled by the loop), no stochastic depth in ViTs, and the final lr is 0 rather than 1e-6.
 The evaluated encoder is the student (``encoder``); the teacher is ``teacher_encoder``.
 
-Small-image recipe (BENCHMARKS.md, digits): BN in the head (the ResNet's ReLU features are too alike
-for a BN-free MLP), out 256, teacher temperature 0.04 without warm-up, teacher momentum 0.996, SGD 0.1
-x batch/256 (the official ResNet-50 run also uses SGD), crops (0.6, 1), no local crops; the AdamW /
-warm-up settings collapsed to uniform outputs. 10 epochs: kNN 0.68-0.70 against 0.557 at random init
-(seed 0, session 3, two threads); over seeds 0 / 1 / 2 on one thread the gain is +4.2 / +14.8 / +6.4.
-With a ViT pass ``--optimizer adamw --lr 0.0005``.
+Small-image recipe (measured on digits, BENCHMARKS.md): BN in the head (the ResNet's ReLU features
+are too alike for a BN-free MLP), out 256, teacher temperature 0.04 without warm-up, teacher
+momentum 0.996, SGD 0.1 x batch/256 (the official ResNet-50 run also uses SGD), crops (0.6, 1), no
+local crops: with AdamW, or with the teacher temperature warming up, the outputs collapsed to
+uniform, and local crops of a few pixels hurt. With a ViT pass ``--optimizer adamw --lr 0.0005``.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.comm import all_reduce_sum
 from selfsup.data.views import ViewSpec, byol_views
 from selfsup.methods.base import Method, StepOutput
-from selfsup.methods.distributed import all_reduce_sum
-from selfsup.methods.losses import at_least_float32
+from selfsup.methods.losses import at_least_float32, dino_loss
 from selfsup.methods.momentum import cosine_tau, ema_update, frozen_copy
-from selfsup.methods.multicrop import SMALL_IMAGE_CROPS, MultiCropConfig, crop_views, encode_crops
+from selfsup.methods.multicrop import SMALL_IMAGE_CROPS, MultiCropConfig, check_global_crops, crop_views, encode_crops
 from selfsup.models.norm import make_norm
 
 
@@ -90,23 +90,6 @@ class DINOHead(nn.Module):
         """(L2-normalised bottleneck ``[B, bottleneck]``, logits ``[B, out_dim]``)."""
         z = F.normalize(self.mlp(x), dim=-1)
         return z, self.last_layer(z)
-
-
-def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
-              student_temperature: float, teacher_temperature: float) -> torch.Tensor:
-    """DINO's cross-entropy (Caron et al. 2021, Eq. 2 and Algorithm 1) averaged over the pairs
-    (teacher crop i, student crop v) with v != i; ``teacher`` holds the global crops' logits, which
-    are the first ``len(teacher)`` crops of ``student``. The teacher side is centred, sharpened and
-    detached."""
-    targets = [F.softmax((t.detach() - center) / teacher_temperature, dim=-1) for t in teacher]
-    log_probs = [F.log_softmax(s / student_temperature, dim=-1) for s in student]
-    total, terms = student[0].new_zeros(()), 0
-    for i, q in enumerate(targets):
-        for v, log_p in enumerate(log_probs):
-            if v != i:
-                total = total - (q * log_p).sum(dim=-1).mean()
-                terms += 1
-    return total / terms
 
 
 @dataclass
@@ -173,8 +156,7 @@ class DINO(Method):
         self.center.mul_(m).add_(total / count, alpha=1 - m)
 
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:
-        if len(views) < 2:
-            raise ValueError(f"dino needs at least 2 views, got {len(views)}")
+        check_global_crops(self.name, views)
         c = self.config
         sizes = [v.shape[0] for v in views]
         features = encode_crops(self.encoder, views)
@@ -212,4 +194,4 @@ class DINO(Method):
         return {"teacher_momentum": m, "teacher_temperature": self.teacher_temperature()}
 
 
-__all__ = ["DINO", "DINOConfig", "DINOHead", "WeightNormLinear", "dino_loss"]
+__all__ = ["DINO", "DINOConfig", "DINOHead", "WeightNormLinear"]

@@ -1,4 +1,4 @@
-"""MoCo v2: Improved Baselines with Momentum Contrastive Learning (Chen, Fan, Girshick & He, 2020).
+"""MoCo v2: Improved Baselines with Momentum Contrastive Learning (Chen, Fan, Girshick & He, arXiv 2020).
 
 MoCo (He et al., CVPR 2020), Algorithm 1, with v2's MLP head, blur augmentation and cosine lr:
 
@@ -18,18 +18,14 @@ The head of v2 has no BN.
 
 Defaults (v2, Sec. 2-3 and the official repo): queue 65,536, temperature 0.2, key momentum 0.999
 (fixed), MLP head 2048 -> 128 without BN, SGD lr 0.03 x batch/256, weight decay 1e-4, momentum
-0.9, cosine, no warm-up; symmetric views with colour jitter (0.4, 0.4, 0.4, 0.1) p 0.8,
-grayscale 0.2, blur p 0.5. Small-image recipe: the official CIFAR demo's queue 4096, key
-momentum 0.99, symmetric loss and temperature 0.1, keys normalised in groups of 32 (the demo
-splits BN 8 ways), BN in the head's hidden layer (without it the projections collapse to one
-direction), and SimCLR's small-image optimiser: LARS lr 6 x batch/256, weight decay 1e-6, one
-warm-up epoch (MoCo v3 also moved its ResNets to LARS). Measured on Fashion-MNIST (kNN learned vs
-random init; BENCHMARKS.md): 5k images, 3 epochs, batch 64, seeds 0 / 1 / 2: 67.83 / 69.19 /
-68.76 vs 63.68 / 59.54 / 63.69, where the demo's own SGD lr 0.03 x batch/256 (weight decay 5e-4)
-scored 65.19 / 64.63 / 63.40, not a margin on every seed, and session 2's lr 0.3 with temperature
-0.2 and keys over the whole batch 62.83 / 62.77 / 56.33 (projections in a narrow cone). On 8-px
-digits this recipe collapses (kNN 0.41 against 0.56 at random init), where those session-2 settings
-with SGD score 0.65 (tests/test_methods_family.py passes them there).
+0.9, cosine, no warm-up, 200 epochs; symmetric views with colour jitter (0.4, 0.4, 0.4, 0.1) p 0.8,
+grayscale 0.2, blur p 0.5. Small-image recipe: the official CIFAR demo's queue 4096, key momentum
+0.99, symmetric loss and temperature 0.1, keys normalised in groups of 32 (the demo splits BN 8
+ways), BN in the head's hidden layer (without it the projections collapse to one direction), and
+SimCLR's small-image optimiser, LARS lr 6 x batch/256, weight decay 1e-6, one warm-up epoch (MoCo
+v3 also moved its ResNets to LARS): in runs of a few hundred steps on Fashion-MNIST the demo's SGD
+did not beat the random-init encoder on every seed, LARS did (BENCHMARKS.md). On 8-px digits this
+recipe collapses; SGD lr 0.3 with temperature 0.2 and keys over the whole batch learns there.
 """
 
 from __future__ import annotations

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 
+from selfsup.schedules import cosine
+
 
 def cosine_tau(step: int, total_steps: int, tau_base: float) -> float:
     """BYOL's schedule (Grill et al. 2020, Sec. 3.2): tau_k = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2."""
-    return 1.0 - (1.0 - tau_base) * (math.cos(math.pi * step / max(total_steps, 1)) + 1.0) / 2.0
+    return cosine(step, total_steps, start=tau_base, end=1.0)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from selfsup.data.views import ViewSpec, local_crop_size, multi_crop_views
@@ -59,3 +60,17 @@ def encode_crops(encoder: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
         outputs.append(encoder(torch.cat(views[start:end]) if end - start > 1 else views[start]))
         start = end
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def check_global_crops(method: str, views: list[torch.Tensor]) -> None:
+    """A multi-crop method needs at least the two global crops."""
+    if len(views) < 2:
+        raise ValueError(f"{method} needs at least 2 views, got {len(views)}")
+
+
+def project_crops(encoder: nn.Module, projector: nn.Module,
+                  views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(backbone features, L2-normalised projections ``g(f(x)) / |g(f(x))|``) of every crop, in view
+    order (SwAV and DeepCluster-v2)."""
+    features = encode_crops(encoder, views)
+    return features, F.normalize(projector(features), dim=1)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.methods.distributed import gather_no_grad
+from selfsup.comm import gather_no_grad
 
 
 class FeatureQueue(nn.Module):

@@ -13,9 +13,8 @@ projector of hidden size 2048 (the ResNet-50 feature size) to 128. Symmetric vie
 colour jitter of strength s (0.8s, 0.8s, 0.8s, 0.2s) with p 0.8, grayscale 0.2, blur 0.5
 (Appendix A). Small-image recipe: the CIFAR-10 recipe of Appendix B.9 and the official repo's
 README (temperature 0.5, jitter strength 0.5, no blur, weight decay 1e-6), a narrower head, and
-LARS lr 6.0 x batch/256, measured on digits (10 epochs, batch 128: lr 2 / 4 / 6 give kNN
-0.63 / 0.72 / 0.73 against 0.56 for the random-init encoder; temperature 0.2: 0.68; with LARS'
-trust coefficient of 1e-3 the weights need a large lr to move within a short run).
+LARS lr 6.0 x batch/256, measured on digits (BENCHMARKS.md): with LARS' trust coefficient of 1e-3
+the weights need a large lr to move within a short run.
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from selfsup.comm import gather_with_grad, rank
 from selfsup.data.views import ViewSpec
 from selfsup.methods.base import Method, StepOutput
-from selfsup.methods.distributed import gather_with_grad, rank
 from selfsup.methods.losses import nt_xent_gathered_loss
 from selfsup.models.heads import mlp
 

@@ -8,19 +8,17 @@ No momentum encoder and no negatives: the stop-gradient alone prevents collapse 
 
 Defaults (Sec. 3, "Baseline settings"): projector 3 layers of 2048 with BN on every layer
 (the output BN without affine, as in the official code), predictor 2048 -> 512 -> 2048 (BN only
-in the hidden layer), SGD lr 0.05 x batch/256, momentum 0.9, weight decay 1e-4, cosine, no
-warm-up; MoCo v2's symmetric views. Deviations: the paper keeps the predictor's lr fixed (no
-decay, Sec. 4.3 / Table 1 "fix lr"); the training loop scales every group's lr by the schedule,
-so only a constant ``predictor_lr_multiplier`` is available here. The generic optimiser exempts
-biases and norm parameters from weight decay (the paper decays all). Small-image recipe: the
-paper's CIFAR setting (Appendix D: a 2-layer projector, weight decay 5e-4) with narrower heads,
-SGD lr 0.3 x batch/256 and the predictor's lr ten times the rest: the stand-in for the paper's
-fixed predictor lr that BYOL's no-target-network ablation uses (Grill et al. 2020, Table 21:
-66.6 top-1 at 10x against 5.5 at 1x). Measured on Fashion-MNIST (5k images, batch 64, kNN;
-BENCHMARKS.md): 8 epochs, seeds 0 / 1 / 2: 68.83 / 68.70 / 67.47 against 63.68 / 59.54 /
-63.69 for the random-init encoder (at 6 epochs seed 2 gained only 0.4); at 3 epochs (seed 0)
-64.55, where 1x scored 57.30 and nothing else tried (lr 0.03-0.1, a 128 bottleneck, the paper's
-3 x 2048 projector, LARS, crops from 50%) beat the random-init encoder's 63.68.
+in the hidden layer), SGD lr 0.05 x batch/256 (batch 512), momentum 0.9, weight decay 1e-4,
+cosine, no warm-up, 100 epochs; MoCo v2's symmetric views. Deviations: the paper keeps the
+predictor's lr fixed (no decay, Sec. 4.3 / Table 1 "fix lr"); the training loop scales every
+group's lr by the schedule, so only a constant ``predictor_lr_multiplier`` is available here. The
+generic optimiser exempts biases and norm parameters from weight decay (the paper decays all).
+
+Small-image recipe: the paper's CIFAR setting (Appendix D: a 2-layer projector, weight decay 5e-4)
+with narrower heads, SGD lr 0.3 x batch/256 and the predictor's lr ten times the rest: the stand-in
+for the paper's fixed predictor lr that BYOL's no-target-network ablation uses (Grill et al. 2020,
+Table 21: 66.6 top-1 at 10x against 5.5 at 1x). In short runs on Fashion-MNIST the predictor's lr
+at 1x stayed below the random-init encoder's kNN, as did every other setting tried (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ import torch
 from torch import nn
 
 from selfsup.data.views import ViewSpec
-from selfsup.methods.base import Method, StepOutput
+from selfsup.methods.base import Method, StepOutput, predictor_lr_groups
 from selfsup.methods.losses import negative_cosine_loss
 from selfsup.methods.simclr import contrastive_views
 from selfsup.models.heads import mlp
@@ -58,8 +56,8 @@ class SimSiam(Method):
     SMALL_IMAGE_RECIPE = {"projector_hidden_dim": 512, "projection_dim": 512, "projector_layers": 2,
                           "predictor_hidden_dim": 512, "predictor_lr_multiplier": 10.0}
     SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.3, "weight_decay": 5e-4, "warmup_epochs": 0}
-    # The official code: torchvision's ResNet with zero_init_residual=True. At small scale the
-    # default init scored higher (CPU protocol kNN 70.92 vs 67.68, linear 79.55 vs 76.13; BENCHMARKS.md).
+    # The official code: torchvision's ResNet with zero_init_residual=True. Under the small-image
+    # recipe torchvision's default init scored higher (CPU protocol, kNN and linear; BENCHMARKS.md).
     ZERO_INIT_RESIDUAL = True
     SMALL_IMAGE_ZERO_INIT_RESIDUAL = False
 
@@ -82,7 +80,4 @@ class SimSiam(Method):
                           metrics={"neg_cosine": loss.detach()})
 
     def param_groups(self) -> list[dict[str, Any]]:
-        predictor = set(self.predictor.parameters())
-        rest = [p for p in self.parameters() if p.requires_grad and p not in predictor]
-        return [{"params": rest},
-                {"params": list(self.predictor.parameters()), "lr_multiplier": self.config.predictor_lr_multiplier}]
+        return predictor_lr_groups(self, self.predictor, self.config.predictor_lr_multiplier)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from selfsup.methods.distributed import all_reduce_sum, is_distributed
+from selfsup.comm import all_reduce_sum, is_distributed
 from selfsup.methods.losses import at_least_float32
 
 

@@ -18,10 +18,10 @@ with BN, 3000 prototypes, temperature 0.1, multi-crop 2 x 224 (0.14, 1) + 6 x 96
 no queue at batch 4096 (3840 rows from epoch 15 at batch 256), LARS, lr 4.8 at batch 4096
 (0.3 x batch / 256) with cosine decay, weight decay 1e-6, 10 warm-up epochs, 800 epochs. Views: colour
 distortion of strength 1 (jitter 0.8, 0.8, 0.8, 0.2 with p 0.8, grayscale 0.2) and blur p 0.5 on
-every crop, no solarisation. The small-image recipe (SGD, 30 prototypes, epsilon 0.03, crops (0.8, 1),
-no local crops) is measured on digits in BENCHMARKS.md: with LARS and 100 prototypes SwAV collapsed
-to uniform codes; at 10 epochs it reaches kNN 0.69-0.71 against 0.557 for the random-init encoder
-(seed 0, session 3); over seeds 0 / 1 / 2 on one thread the gain is +10.6 / +12.0 / +2.2 points.
+every crop, no solarisation. Small-image recipe (measured on digits, BENCHMARKS.md): SGD 0.1 x
+batch/256, 30 prototypes (few for a dataset of 1.4k images), epsilon 0.03 (sharper codes), crops
+(0.8, 1), no local crops: with LARS and 100 prototypes the codes collapsed to uniform, and local
+crops of a few pixels hurt.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.comm import rank, world_size
 from selfsup.data.views import ViewSpec
 from selfsup.methods.base import Method, StepOutput
-from selfsup.methods.distributed import rank, world_size
-from selfsup.methods.multicrop import SMALL_IMAGE_CROPS, MultiCropConfig, crop_views, encode_crops
+from selfsup.methods.losses import swav_loss
+from selfsup.methods.multicrop import SMALL_IMAGE_CROPS, MultiCropConfig, check_global_crops, crop_views, project_crops
 from selfsup.methods.queue import FeatureQueue
 from selfsup.methods.sinkhorn import sinkhorn_knopp
 from selfsup.models.heads import mlp
@@ -45,21 +46,15 @@ SWAV_VIEW = ViewSpec(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, jitt
                      blur_p=0.5, solarize_p=0.0)
 
 
-def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
-    """Swapped prediction (Caron et al. 2020, Eq. 1-3): mean over code crops i of the mean over the
-    other crops v != i of the cross-entropy between ``codes[i]`` and ``softmax(scores[v] / t)``.
+def swav_crop_views(config: MultiCropConfig, size: int) -> list[ViewSpec]:
+    """2 global + ``num_local_crops`` local crops, each with SwAV's colour distortion and blur; their
+    scales come from ``config`` (SwAV and DeepCluster-v2)."""
+    return crop_views(config, size, [SWAV_VIEW, SWAV_VIEW], SWAV_VIEW)
 
-    ``scores``: prototype scores of every crop (``[B, K]`` each, code crops first); ``codes``: the
-    Sinkhorn codes of the first ``len(codes)`` crops (no gradient).
-    """
-    loss = scores[0].new_zeros(())
-    for i, q in enumerate(codes):
-        sub = scores[0].new_zeros(())
-        for v, s in enumerate(scores):
-            if v != i:
-                sub = sub - (q * F.log_softmax(s / temperature, dim=1)).sum(dim=1).mean()
-        loss = loss + sub / (len(scores) - 1)
-    return loss / len(codes)
+
+def _this_process_share(x: torch.Tensor) -> torch.Tensor:
+    """This process's chunk of rows of ``x`` (all of ``x`` on one process)."""
+    return x.chunk(world_size())[rank()] if world_size() > 1 else x
 
 
 @dataclass
@@ -100,7 +95,7 @@ class SwAV(Method):
 
     def views(self, size: int, crop_scale: tuple[float, float]) -> list[ViewSpec]:
         """2 global + ``num_local_crops`` local crops; their scales come from this method's options."""
-        return crop_views(self.config, size, [SWAV_VIEW, SWAV_VIEW], SWAV_VIEW)
+        return swav_crop_views(self.config, size)
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
@@ -118,19 +113,16 @@ class SwAV(Method):
         queue = self.queues[crop]
         # Every process holds the same (gathered) queue; each scores its share of the rows, so the
         # Sinkhorn sums reduced over processes count every queued row once.
-        rows = queue.items.chunk(world_size())[rank()] if world_size() > 1 else queue.items
-        valid = queue.valid_mask().chunk(world_size())[rank()] if world_size() > 1 else queue.valid_mask()
+        rows, valid = _this_process_share(queue.items), _this_process_share(queue.valid_mask())
         in_use = valid & (queue.filled == queue.size)  # the official code waits for a full queue
         queued = rows.to(scores.dtype) @ self.prototypes.weight.to(scores.dtype).T
         weights = torch.cat([in_use.to(scores.dtype), scores.new_ones(scores.shape[0])])
         return sinkhorn_knopp(torch.cat([queued, scores]), c.epsilon, c.sinkhorn_iterations, weights)[-scores.shape[0]:]
 
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:
-        if len(views) < 2:
-            raise ValueError(f"swav needs at least 2 views, got {len(views)}")
+        check_global_crops(self.name, views)
         c = self.config
-        features = encode_crops(self.encoder, views)
-        z = F.normalize(self.projector(features), dim=1)
+        features, z = project_crops(self.encoder, self.projector, views)
         scores = list(self.prototypes(z).split([v.shape[0] for v in views]))
         embeddings = z.split([v.shape[0] for v in views])
         codes = [self.codes(scores[i].detach(), i) for i in range(2)]

@@ -10,16 +10,15 @@ As in the official code the variance term is averaged (not summed) over the two 
 Across processes the embeddings are gathered (``gather_with_grad``) so variance and covariance
 are those of the global batch.
 
-Defaults (Sec. 4.1 and the official repo): lambda = mu = 25, nu = 1; expander of 3 linear layers
-of 8192 (BN + ReLU after the first two); LARS lr 0.2 x batch/256 (``--base-lr 0.2``), weight
-decay 1e-6, 10 warm-up epochs, cosine; BYOL's asymmetric views (the official code gives biases and
-norm parameters the same lr, without LARS adaptation: ``bias_lr_multiplier`` 1). Small-image
-recipe, measured on digits (10 epochs, batch 128): an expander of 1024, LARS lr 10 x batch/256 for
-the weights and 0.05 of it for biases and norm parameters, weight decay 1e-4 (CIFAR recipes such
-as solo-learn's use a LARS trust coefficient of 0.02; with this LARS' 1e-3 the weights need a
-~20x larger lr, which the unadapted biases and norm parameters must not get). kNN 0.78 against
-0.56 for the random-init encoder (lr 3: 0.70, 6: 0.75); with one lr for all parameters, lr 0.1
-and 0.3 stay below random init.
+Defaults (Sec. 4.1 and the official repo): lambda = mu = 25, nu = 1; expander of 3 linear layers of
+8192 (BN + ReLU after the first two); LARS lr 0.2 x batch/256 (``--base-lr 0.2``), weight decay
+1e-6, 10 warm-up epochs, cosine over 1000 epochs at batch 2048; BYOL's asymmetric views (the
+official code gives biases and norm parameters the same lr, without LARS adaptation:
+``bias_lr_multiplier`` 1). Small-image recipe, measured on digits (BENCHMARKS.md): an expander of
+1024, LARS lr 10 x batch/256 for the weights and 0.05 of it for biases and norm parameters, weight
+decay 1e-4. CIFAR recipes such as solo-learn's use a LARS trust coefficient of 0.02; with this LARS'
+1e-3 the weights need a ~20x larger lr to move within a short run, which the unadapted biases and
+norm parameters must not get.
 """
 
 from __future__ import annotations
@@ -30,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from selfsup.methods.base import Method, StepOutput
-from selfsup.methods.distributed import gather_with_grad
-from selfsup.methods.losses import vicreg_terms
+from selfsup.comm import gather_with_grad
+from selfsup.methods.base import Method, StepOutput, bias_lr_groups
+from selfsup.methods.losses import vicreg_loss
 from selfsup.models.heads import mlp
 
 
@@ -70,12 +69,10 @@ class VICReg(Method):
         y1, y2 = self.encoder(views[0]), self.encoder(views[1])
         z1, z2 = self.expander(y1), self.expander(y2)
         c = self.config
-        s, v, cov = vicreg_terms(gather_with_grad(z1), gather_with_grad(z2), c.variance_eps)
-        loss = c.invariance_weight * s + c.variance_weight * v + c.covariance_weight * cov
-        return StepOutput(loss=loss, embeddings=(z1.detach(), z2.detach()), features=y1.detach(),
-                          metrics={"invariance": s.detach(), "variance": v.detach(), "covariance": cov.detach()})
+        terms: dict[str, torch.Tensor] = {}
+        loss = vicreg_loss(gather_with_grad(z1), gather_with_grad(z2), c.invariance_weight, c.variance_weight,
+                           c.covariance_weight, c.variance_eps, terms=terms)
+        return StepOutput(loss=loss, embeddings=(z1.detach(), z2.detach()), features=y1.detach(), metrics=terms)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": [p for p in params if p.ndim > 1]},
-                {"params": [p for p in params if p.ndim <= 1], "lr_multiplier": self.config.bias_lr_multiplier}]
+        return bias_lr_groups(self, self.config.bias_lr_multiplier)

@@ -9,7 +9,7 @@ The small-image stem (3x3 conv, stride 1, no max-pool) follows SimCLR's CIFAR va
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from selfsup.models.checkpointing import run_checkpointed
 from selfsup.models.norm import NORMS, make_norm, standardize_convs
+from selfsup.models.timm_backbones import build_timm_backbone, is_timm
 from selfsup.models.vit import VIT_CONFIGS, ViTBackbone, build_vit
 
 BACKBONES: dict[str, tuple[type[nn.Module], list[int]]] = {
@@ -79,11 +80,61 @@ class ResNetBackbone(ResNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self._forward_impl(x), 1)
 
+    @property
+    def stage_dims(self) -> list[int]:
+        """Channels of the feature maps of stages 1-4 (``layer1`` ... ``layer4``)."""
+        return [_out_channels(stage) for stage in (self.layer1, self.layer2, self.layer3, self.layer4)]
+
+    def stage_outputs(self, x: torch.Tensor, last: int = 4) -> list[torch.Tensor]:
+        """The feature maps ``[B, C_k, H_k, W_k]`` of stages 1 to ``last`` (no pooling)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        maps = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4)[:last]:
+            x = run_checkpointed(stage, x) if self.grad_checkpointing else stage(x)
+            maps.append(x)
+        return maps
+
+
+def _out_channels(stage: nn.Sequential) -> int:
+    block = stage[-1]
+    return (block.bn3 if isinstance(block, Bottleneck) else block.bn2).num_features
+
+
+class StageEncoder(nn.Module):
+    """A ResNet read at stage ``stage`` (1-4): globally average-pooled features ``[B, C_stage]``.
+
+    RotNet's finding (Gidaris et al. 2018, Sec. 3.1) is that an intermediate block's features can
+    beat the last block's; evaluation, embedding and export read any stage through this module.
+    """
+
+    def __init__(self, backbone: ResNetBackbone, stage: int) -> None:
+        super().__init__()
+        if not 1 <= stage <= 4:
+            raise ValueError(f"stage must be 1-4, got {stage}")
+        self.backbone, self.stage = backbone, stage
+        self.feature_dim = backbone.stage_dims[stage - 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.stage_outputs(x, last=self.stage)[-1].mean(dim=(2, 3))
+
+
+def encoder_at_stage(encoder: nn.Module, stage: int | None) -> nn.Module:
+    """``encoder`` itself for ``None`` or 4 (a ResNet's last stage is its usual output), else its
+    :class:`StageEncoder`; only ResNets have stages."""
+    if stage is None or (stage == 4 and isinstance(encoder, ResNetBackbone)):
+        return encoder
+    if not isinstance(encoder, ResNetBackbone):
+        what = getattr(encoder, "timm_name", None) or type(encoder).__name__
+        raise ValueError(f"--eval-layer: only selfsup's ResNet backbones have stages, not {what}")
+    return StageEncoder(encoder, stage)
+
 
 def build_backbone(name: str = "resnet18", *, width: float = 1.0, in_channels: int = 3,
                    small_stem: bool = False, norm: str = "batchnorm", grad_checkpointing: bool = False,
-                   zero_init_residual: bool = False) -> ResNetBackbone | ViTBackbone:
+                   zero_init_residual: bool = False) -> nn.Module:
     """Build a backbone by name; ``norm`` is one of ``NORMS`` (``groupnorm_ws`` also standardises convs).
+
+    ``timm:NAME`` builds timm's model NAME, untrained (models/timm_backbones.py says which options apply).
 
     ``zero_init_residual`` (ResNets) sets the scale of each block's last norm layer to zero, so every
     block starts as its shortcut: Goyal et al. 2017's trick, in SimCLR's official ResNet (every block)
@@ -92,8 +143,11 @@ def build_backbone(name: str = "resnet18", *, width: float = 1.0, in_channels: i
     ``grad_checkpointing`` (ResNets) recomputes each stage during backward instead of storing its
     activations: less memory for large backbones/images, about one extra forward of compute.
     """
+    if is_timm(name):
+        return build_timm_backbone(name, width=width, in_channels=in_channels, small_stem=small_stem, norm=norm,
+                                   grad_checkpointing=grad_checkpointing, zero_init_residual=zero_init_residual)
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}, or timm:NAME")
     if grad_checkpointing and name in VIT_CONFIGS:
         raise ValueError(f"gradient checkpointing is implemented for the ResNet backbones, not {name!r}")
     if name in VIT_CONFIGS:
@@ -108,4 +162,4 @@ def build_backbone(name: str = "resnet18", *, width: float = 1.0, in_channels: i
     return model
 
 
-__all__ = ["BACKBONES", "NORMS", "ResNetBackbone", "build_backbone"]
+__all__ = ["BACKBONES", "NORMS", "ResNetBackbone", "StageEncoder", "build_backbone", "encoder_at_stage"]

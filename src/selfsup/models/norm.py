@@ -1,7 +1,9 @@
-"""Normalisation choices: BatchNorm, none, or GroupNorm with Weight Standardisation.
+"""Normalisation choices: BatchNorm, none, GroupNorm with Weight Standardisation, or layer norm.
 
 GroupNorm + WS is the batch-independent variant of Richemond et al. 2020, "BYOL works even
-without batch statistics" (GroupNorm: Wu & He 2018; WS: Qiao et al. 2019).
+without batch statistics" (GroupNorm: Wu & He 2018; WS: Qiao et al. 2019). ``layernorm`` (Ba et al.
+2016) normalises each sample over all its channels and positions (``GroupNorm`` with one group, a
+per-channel affine) and, for MLPs, over its features: CPC v2's encoder norm (Henaff et al. 2020).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("batchnorm", "none", "groupnorm_ws")
+NORMS = ("batchnorm", "none", "groupnorm_ws", "layernorm")
 
 
 def make_norm(kind: str, channels: int, dims: int) -> nn.Module:
@@ -21,6 +23,8 @@ def make_norm(kind: str, channels: int, dims: int) -> nn.Module:
         return nn.Identity()
     if kind == "groupnorm_ws":
         return nn.GroupNorm(_groups(channels), channels)
+    if kind == "layernorm":
+        return nn.GroupNorm(1, channels) if dims == 2 else nn.LayerNorm(channels)
     raise ValueError(f"unknown norm {kind!r}; choose from {', '.join(NORMS)}")
 
 

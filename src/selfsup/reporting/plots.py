@@ -11,16 +11,18 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 __all__ = [
-    "read_metrics", "read_summary", "metric_series", "plot_run", "write_run_plots", "figure_png",
-    "compare_figure", "write_compare", "run_labels", "CompareResult", "DEFAULT_COMPARE_METRICS",
+    "read_metrics", "read_summary", "read_json", "is_score", "metric_series", "plot_run", "write_run_plots",
+    "figure_png", "write_png", "compare_figure", "write_compare", "run_labels", "CompareResult",
+    "DEFAULT_COMPARE_METRICS",
 ]
 
 DEFAULT_COMPARE_METRICS = ("loss", "std_scaled", "rankme", "knn_top1")
@@ -54,13 +56,23 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_json(path: str | Path, unreadable: Any) -> Any:
+    """The parsed JSON file, or ``unreadable`` when it is missing or not valid JSON (a run killed
+    mid-write)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return unreadable
+
+
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
     """``summary.json`` of a run folder, or ``{}`` when the run has none (yet)."""
-    path = Path(run_dir) / "summary.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_json(Path(run_dir) / "summary.json", {})
+
+
+def is_score(key: str) -> bool:
+    """Whether ``key`` names a top-1 or top-5 accuracy (drawn in %)."""
+    return key.endswith(("_top1", "_top5"))
 
 
 def _finite(value: Any) -> bool:
@@ -99,6 +111,14 @@ def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     return buf.getvalue()
 
 
+def write_png(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
+    """Render ``fig`` into the PNG file ``path`` (its folder created if needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(figure_png(fig, dpi=dpi))
+    return path
+
+
 def _style(ax, title: str, ylabel: str, xlabel: str = "training step (optimiser updates)") -> None:
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(xlabel, fontsize=9)
@@ -126,9 +146,18 @@ def _pct(values: Sequence[float]) -> list[float]:
     return [100.0 * v for v in values]
 
 
+def _series_axes(fig: Figure, records: list[dict[str, Any]], key: str, color: str) -> tuple[Axes, list[float]]:
+    """The figure's one axes with the ``key`` curve drawn on it; returns the axes and the values."""
+    ax = fig.subplots()
+    xs, ys = metric_series(records, key)
+    _line(ax, xs, ys, color=color)
+    return ax, ys
+
+
 @dataclass
 class _Panel:
-    """One PNG of ``selfsup report``: which record keys it needs and how to draw them."""
+    """One PNG of ``selfsup report``: which record keys it needs and how to draw them (``plot_run``
+    then puts the epoch axis on top of every axes drawn)."""
 
     name: str
     group: str  # "curves" or "monitors": where the HTML page puts it
@@ -150,28 +179,21 @@ def _draw_loss(fig, records, summary, ctx):
         _line(ax, kx, ky, label=f"{key} (last batch)", color=f"C{i + 1}", alpha=0.7, linestyle="--")
     _style(ax, f"Training loss{ctx['suffix']}", "loss (method's objective, unitless)")
     ax.legend(fontsize=8)
-    _epoch_axis(ax, ctx["spe"])
 
 
 def _draw_lr(fig, records, summary, ctx):
-    ax = fig.subplots()
-    xs, ys = metric_series(records, "lr")
-    _line(ax, xs, ys, color="C0")
+    ax, _ = _series_axes(fig, records, "lr", "C0")
     _style(ax, f"Learning rate (warm-up + cosine){ctx['suffix']}", "learning rate (per step)")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.set_ylim(bottom=0)
-    _epoch_axis(ax, ctx["spe"])
 
 
 def _draw_tau(fig, records, summary, ctx):
-    ax = fig.subplots()
-    xs, ys = metric_series(records, "tau")
-    _line(ax, xs, ys, color="C4")
+    ax, _ = _series_axes(fig, records, "tau", "C4")
     ax.axhline(1.0, color="gray", linestyle=":", linewidth=1, label="τ = 1 (target frozen)")
     _style(ax, f"Target-network EMA momentum τ{ctx['suffix']}", "τ (fraction kept per step)")
     ax.ticklabel_format(axis="y", useOffset=False)
     ax.legend(fontsize=8, loc="lower right")
-    _epoch_axis(ax, ctx["spe"])
 
 
 def _draw_std(fig, records, summary, ctx):
@@ -185,18 +207,14 @@ def _draw_std(fig, records, summary, ctx):
     ax.set_ylim(-0.05, top)
     _style(ax, f"Collapse monitor: normalised std × √d{ctx['suffix']}", "std × √d (unitless)")
     ax.legend(fontsize=7.5, loc="best")
-    _epoch_axis(ax, ctx["spe"])
 
 
 def _draw_rankme(fig, records, summary, ctx):
-    ax = fig.subplots()
-    xs, ys = metric_series(records, "rankme")
-    _line(ax, xs, ys, color="C2")
+    ax, ys = _series_axes(fig, records, "rankme", "C2")
     ax.axhline(1.0, color=_COLLAPSED, linestyle="--", linewidth=1.2, label="1: rank-one (collapsed)")
     ax.set_ylim(bottom=0, top=max([2.0] + [1.1 * y for y in ys]))
     _style(ax, f"RankMe: effective rank of the projections{ctx['suffix']}", "effective rank (dimensions)")
     ax.legend(fontsize=8, loc="lower right")
-    _epoch_axis(ax, ctx["spe"])
 
 
 def _draw_align_unif(fig, records, summary, ctx):
@@ -211,21 +229,16 @@ def _draw_align_unif(fig, records, summary, ctx):
     axes[1].set_ylim(top=0.3)
     _style(axes[1], "Uniformity (lower: more spread out)", "log E exp(−2‖zᵢ − zⱼ‖²) (nats)")
     axes[1].legend(fontsize=8, loc="best")
-    for ax in axes:
-        _epoch_axis(ax, ctx["spe"])
     fig.suptitle(f"Alignment and uniformity (Wang & Isola 2020){ctx['suffix']}", fontsize=11)
 
 
 def _draw_cosine(fig, records, summary, ctx):
-    ax = fig.subplots()
-    xs, ys = metric_series(records, "cosine")
-    _line(ax, xs, ys, color="C3")
+    ax, ys = _series_axes(fig, records, "cosine", "C3")
     ax.axhline(1.0, color="gray", linestyle=":", linewidth=1, label="1: identical outputs")
     ax.axhline(0.0, color="gray", linestyle="--", linewidth=0.8, label="0: unrelated")
     ax.set_ylim(min([-0.05] + [y - 0.05 for y in ys]), 1.05)
     _style(ax, f"Cosine similarity of the two views' outputs{ctx['suffix']}", "mean cosine (−1 to 1)")
     ax.legend(fontsize=8, loc="lower right")
-    _epoch_axis(ax, ctx["spe"])
 
 
 def _accuracy_keys(keys: list[str]) -> list[str]:
@@ -253,16 +266,12 @@ def _draw_accuracy(fig, records, summary, ctx):
     ax.set_ylim(0, 100)
     _style(ax, f"Online accuracy during training{ctx['suffix']}", "top-1 accuracy (%)")
     ax.legend(fontsize=7, loc="lower right")
-    _epoch_axis(ax, ctx["spe"])
 
 
 def _draw_throughput(fig, records, summary, ctx):
-    ax = fig.subplots()
-    xs, ys = metric_series(records, "images_per_second")
-    _line(ax, xs, ys, color="C7")
+    ax, _ = _series_axes(fig, records, "images_per_second", "C7")
     ax.set_ylim(bottom=0)
     _style(ax, f"Training throughput{ctx['suffix']}", "images / second")
-    _epoch_axis(ax, ctx["spe"])
 
 
 def _has(*names: str) -> Callable[[list[str]], bool]:
@@ -297,6 +306,8 @@ def plot_run(records: Sequence[dict[str, Any]], summary: dict[str, Any] | None =
             continue
         fig = Figure(figsize=panel.size, layout="constrained")
         panel.draw(fig, records, summary, ctx)
+        for ax in list(fig.axes):
+            _epoch_axis(ax, ctx["spe"])
         figures[panel.name] = fig
     return figures
 
@@ -310,9 +321,7 @@ def write_run_plots(run_dir: str | Path, out_dir: str | Path | None = None,
     records = read_metrics(run_dir)
     written: dict[str, Path] = {}
     for name, fig in plot_run(records, read_summary(run_dir), title=run_dir.name, classes=classes).items():
-        path = out_dir / f"{name}.png"
-        path.write_bytes(figure_png(fig))
-        written[name] = path
+        written[name] = write_png(fig, out_dir / f"{name}.png")
     return written
 
 
@@ -372,7 +381,7 @@ def compare_figure(runs: Sequence[tuple[str, list[dict[str, Any]], dict[str, Any
     xlabel = "training step (optimiser updates)" if x == "step" else "epoch"
     handles = {}
     for ax, key in zip(axes, metrics):
-        accuracy = key.endswith("_top1") or key.endswith("_top5")
+        accuracy = is_score(key)
         scale = 100.0 if accuracy else 1.0
         drawn = starred = False
         for i, (label, records, summary) in enumerate(runs):
@@ -418,7 +427,7 @@ def _blank(ax, i: int):
 
 
 def _available(records: list[dict[str, Any]], summary: dict[str, Any]) -> set[str]:
-    scores = {k for k, v in summary.items() if _finite(v) and (k.endswith("_top1") or k.endswith("_top5"))}
+    scores = {k for k, v in summary.items() if _finite(v) and is_score(k)}
     return (set(_logged_keys(records)) - {"step", "epoch"}) | scores
 
 
@@ -454,7 +463,4 @@ def write_compare(run_dirs: Sequence[str | Path], out: str | Path, metrics: Sequ
     if not chosen:
         raise ValueError("none of the default metrics is logged by these runs")
     fig = compare_figure(runs, chosen, x=x)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(figure_png(fig))
-    return CompareResult(out, [r[0] for r in runs], chosen, skipped, fig)
+    return CompareResult(write_png(fig, out), [r[0] for r in runs], chosen, skipped, fig)

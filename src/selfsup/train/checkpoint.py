@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import glob
-import os
+import io
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from selfsup.io import atomic_write, stale_temporaries
 
 
 class CheckpointError(ValueError):
@@ -31,24 +31,14 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     A crash at any moment leaves either the old file or the new one, never a partial file; temp
     files left behind by a killed writer are removed by the next successful save.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    def write(tmp: str) -> None:
+        buffer = io.BytesIO()  # serialise first: a full disk then fails in f.write, as an OSError naming it
+        torch.save(obj, buffer)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+
+    path = atomic_write(path, write, durable=True)
+    for stale in stale_temporaries(path):
         stale.unlink(missing_ok=True)
     return path
 

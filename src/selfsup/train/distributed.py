@@ -25,12 +25,15 @@ import inspect
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from selfsup.comm import world_size
 
 _STATE: dict[str, Any] = {"owned": False, "control": None}
 
@@ -63,10 +66,15 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
-def _device_for(name: str, local_rank: int, distributed: bool) -> torch.device:
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: the first GPU when CUDA is available, else the CPU; any other name as torch reads it."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _device_for(name: str, local_rank: int, distributed: bool) -> torch.device:
+    device = pick_device(name)
     if distributed and device.type == "cuda" and device.index is None:  # one GPU per process
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA devices visible; "
@@ -113,14 +121,6 @@ def teardown(barrier: bool = True) -> None:
 
 def _control_group():
     return _STATE["control"]
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def barrier() -> None:
@@ -270,15 +270,6 @@ def wrap(method: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
                                    **no_forward_sync)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DDP / torch.compile wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
 # ---------------------------------------------------------------------------------------------
 # Launching: ``selfsup train --devices N``
 
@@ -300,8 +291,8 @@ def launch(argv: Sequence[str], processes: int, threads_per_process: int | None 
     Ctrl-C reaches every process (they stop together at the same step and rank 0 writes the
     checkpoint). ``OMP_NUM_THREADS`` defaults to the CPU count divided among the processes.
     """
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(processes), "--max-restarts", "0",

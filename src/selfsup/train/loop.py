@@ -9,28 +9,35 @@ from any step replays exactly what an uninterrupted run would have done.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from selfsup.data.augment import augment_views, normalize
+from selfsup import comm
+from selfsup.comm import all_reduce_sum, gather_no_grad
+from selfsup.data.augment import normalize
+from selfsup.data.stream import StreamSource
 from selfsup.data.transfer import to_device
 from selfsup.data.views import ViewSpec
-from selfsup.evaluation.diagnostics import CollapseWatch, representation_metrics
-from selfsup.methods.base import Method
-from selfsup.methods.distributed import all_reduce_sum, gather_no_grad
+from selfsup.io import write_text_atomic
+from selfsup.methods.base import Method, StepOutput
+from selfsup.schedules import warmup_cosine
+from selfsup.seeds import derived_seed
 from selfsup.train import distributed as dist_train
 from selfsup.train.checkpoint import NonFiniteState, atomic_save, check_finite_state, safe_load
+from selfsup.train.diagnostics import CollapseWatch, representation_metrics
+from selfsup.train.feed import Feed, MemoryFeed, StreamFeed
+from selfsup.train.optim import build_optimizer, set_lr
 from selfsup.train.probe import OnlineProbe
-from selfsup.train.optim import build_optimizer, set_lr, warmup_cosine
 
 
 class TrainingInterrupted(RuntimeError):
@@ -76,16 +83,6 @@ class FitResult:
     collapse_warning_steps: list[int] = field(default_factory=list)  # steps where the std monitor warned
 
 
-def derived_seed(*parts: object) -> int:
-    """A 63-bit seed from any tuple of values: independent streams for (seed, kind, index)."""
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of the dataset used in ``epoch``."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, "order", epoch)))
-
-
 @contextlib.contextmanager
 def _catch_stop_signals():
     """Turn SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
@@ -107,11 +104,12 @@ def _catch_stop_signals():
             signal.signal(sig, old)
 
 
-def fit(method: Method, images: torch.Tensor, views: Sequence[ViewSpec], mean: Sequence[float],
+def fit(method: Method, images: torch.Tensor | StreamSource, views: Sequence[ViewSpec], mean: Sequence[float],
         std: Sequence[float], settings: LoopSettings, run_dir: Path | None = None, resume: bool = False,
         extra_state: dict[str, Any] | None = None, labels: torch.Tensor | None = None,
-        epoch_hooks: Sequence[Callable[[int, int, Method], dict[str, float]]] = ()) -> FitResult:
-    """Train ``method`` on uint8 ``images`` [N, C, H, W].
+        epoch_hooks: Sequence[EpochHook] = ()) -> FitResult:
+    """Train ``method`` on uint8 ``images`` [N, C, H, W], or on a store streamed by a ``StreamSource``
+    (whose views replace ``views``).
 
     With ``run_dir``, metrics go to ``metrics.jsonl`` and TensorBoard, and ``checkpoints/last.pt``
     is written each epoch (and every ``checkpoint_every`` steps). ``epoch_hooks`` run after each
@@ -125,140 +123,183 @@ def fit(method: Method, images: torch.Tensor, views: Sequence[ViewSpec], mean: S
     on the unwrapped method; logged values are averaged over processes (embeddings gathered) and
     only rank 0 writes metrics, TensorBoard, the progress bar and checkpoints.
     """
-    s = settings
-    device = torch.device(s.device)
-    world, rank = dist_train.world_size(), dist_train.rank()
-    if s.batch_size % world:
-        raise ValueError(f"--batch-size {s.batch_size} (the global batch) does not split evenly over {world} processes")
-    local_batch = s.batch_size // world
-    n = images.shape[0]
-    steps_per_epoch = n // s.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"--batch-size {s.batch_size} is larger than the {n} training images")
-    total_steps = steps_per_epoch * s.epochs
-    warmup_steps = int(round(s.warmup_epochs * steps_per_epoch))
-    method.to(device)
-    channels_last = device.type == "cuda" if s.channels_last is None else s.channels_last
-    if channels_last:
-        method.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(s.optimizer, method.param_groups(), s.lr, s.weight_decay, s.lars_eta, s.lars_clip)
-    use_bf16 = s.precision == "bf16"
-    model = dist_train.wrap(method, device, method.sync_batchnorm if s.sync_bn is None else s.sync_bn)
-    step_fn = torch.compile(model) if s.compile else model
-    data = images.to(device) if device.type == "cpu" or images.numel() < 2**32 else images.pin_memory()
-
-    probe = None
-    if labels is not None and settings.online_probe:
-        probe = OnlineProbe(method.feature_dim, int(labels.max()) + 1).to(device)
-        labels = labels.to(device)
-    step = 0
-    ckpt_path = run_dir / "checkpoints" / "last.pt" if run_dir else None
+    trainer = _Trainer(method, images, views, mean, std, settings, run_dir, extra_state, labels, epoch_hooks)
     if resume:
-        if ckpt_path is None or not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = safe_load(ckpt_path, map_location=device)
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-        if probe is not None and "online_probe" in state:
-            probe.load_full_state(state["online_probe"])
-    logger = _MetricsLogger(run_dir if rank == 0 else None, resume_step=step if resume else None)
+        trainer.restore()
+    return trainer.run()
 
-    def save_checkpoint() -> Path | None:
-        if ckpt_path is None or rank != 0:
+
+EpochHook = Callable[[int, int, Method], dict[str, float]]
+
+
+class _Trainer:
+    """One ``fit``: the set-up, then a loop of named steps (train step, log window, end-of-step work)."""
+
+    def __init__(self, method: Method, images: torch.Tensor | StreamSource, views: Sequence[ViewSpec],
+                 mean: Sequence[float], std: Sequence[float], settings: LoopSettings, run_dir: Path | None,
+                 extra_state: dict[str, Any] | None, labels: torch.Tensor | None,
+                 epoch_hooks: Sequence[EpochHook]) -> None:
+        s = self.s = settings
+        self.method, self.mean, self.std = method, mean, std
+        self.device = device = torch.device(s.device)
+        self.world, self.rank = comm.world_size(), comm.rank()
+        self.feed: Feed = (StreamFeed(images, device) if isinstance(images, StreamSource) else
+                           MemoryFeed(images, views, s.batch_size, s.seed, self.rank, self.world, device))
+        self.steps_per_epoch = self.feed.steps_per_epoch
+        self.total_steps = self.steps_per_epoch * s.epochs
+        self.warmup_steps = int(round(s.warmup_epochs * self.steps_per_epoch))
+        method.to(device)
+        self.channels_last = device.type == "cuda" if s.channels_last is None else s.channels_last
+        if self.channels_last:
+            method.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(s.optimizer, method.param_groups(), s.lr, s.weight_decay, s.lars_eta,
+                                         s.lars_clip)
+        model = dist_train.wrap(method, device, method.sync_batchnorm if s.sync_bn is None else s.sync_bn)
+        self.step_fn = torch.compile(model) if s.compile else model
+        self.probe, self.labels = None, None
+        if labels is not None and s.online_probe:
+            self.probe = OnlineProbe(method.feature_dim, int(labels.max()) + 1).to(device)
+            self.labels = labels.to(device)
+        self.extra_state, self.epoch_hooks = extra_state or {}, epoch_hooks
+        self.ckpt_path = run_dir / "checkpoints" / "last.pt" if run_dir else None
+        self.run_dir = run_dir
+        self.step = 0
+        self.resumed_at: int | None = None
+        self.watch, self.warnings_at = CollapseWatch(), []
+        self.window = _LossWindow(device)
+        self.last: dict[str, float] = {}
+
+    def restore(self) -> None:
+        """Continue from ``checkpoints/last.pt``: weights, optimiser, probe and step."""
+        if self.ckpt_path is None or not self.ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
+        state = safe_load(self.ckpt_path, map_location=self.device)
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = self.resumed_at = state["step"]
+        if self.probe is not None and "online_probe" in state:
+            self.probe.load_full_state(state["online_probe"])
+
+    def run(self) -> FitResult:
+        self.logger = _MetricsLogger(self.run_dir if self.rank == 0 else None, resume_step=self.resumed_at)
+        start, start_step = time.perf_counter(), self.step
+        self.tick, self.tick_step = start, self.step
+        self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.s.progress or self.rank != 0,
+                        unit="step", dynamic_ncols=True)
+        self.method.train()
+        try:
+            with _catch_stop_signals() as stop:
+                while self.step < self.total_steps:
+                    epoch = self.step // self.steps_per_epoch
+                    self.method.on_epoch_start(epoch, self.steps_per_epoch)  # also when resuming mid-epoch
+                    for batch_index, batch in self.feed.batches(self.step):
+                        out, lr = self._train_step(batch_index, batch)
+                        if self.step % self.s.log_every == 0 or self.step == self.total_steps:
+                            self._log_window(out, lr)
+                        self._end_of_step(epoch, stop)
+        finally:
+            self.bar.close()
+            self.logger.close()
+        seconds = time.perf_counter() - start
+        trained = (self.step - start_step) * self.s.batch_size
+        return FitResult(steps=self.step, seconds=seconds, images_per_second=trained / max(seconds, 1e-9),
+                         last_metrics=self.last, collapse_warning_steps=self.warnings_at)
+
+    def _train_step(self, batch_index: torch.Tensor, batch: Any) -> tuple[StepOutput, float]:
+        """Augment the batch on the device, one optimiser step, the method's and the probe's updates."""
+        s, method, device = self.s, self.method, self.device
+        lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, s.lr)
+        set_lr(self.optimizer, lr)
+        method.on_batch_start(batch_index)
+        gen = torch.Generator().manual_seed(augment_seed(s.seed, self.step, self.rank, self.world))
+        inputs = [normalize(v, self.mean, self.std) for v in self.feed.augmented(batch, gen)]
+        if self.channels_last:
+            inputs = [v.contiguous(memory_format=torch.channels_last) for v in inputs]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
+            out = self.step_fn(inputs)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        method.before_optimizer_step(self.step, self.total_steps)
+        self.optimizer.step()
+        self.after = method.on_step_end(self.step + 1, self.total_steps)
+        if self.probe is not None and out.features is not None:
+            self.probe.update(out.features, self.labels[to_device(batch_index, device)])
+        self.step += 1
+        self.window.add(out.loss)
+        self.bar.update(1)
+        return out, lr
+
+    def _log_window(self, out: StepOutput, lr: float) -> None:
+        """One metrics record for the steps since the last: mean loss, lr, rate, monitors, probe."""
+        loss = self.window.mean_and_reset()
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(_non_finite_message(f"loss is {loss}", self.step, self.window.logged,
+                                                    self.ckpt_path))
+        now = time.perf_counter()
+        rate = (self.step - self.tick_step) * self.s.batch_size / max(now - self.tick, 1e-9)
+        self.tick, self.tick_step = now, self.step
+        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss, "lr": lr,
+                  "images_per_second": rate, **self.after, **_mean_metrics(out.metrics)}
+        if self.probe is not None:
+            all_reduce_sum(self.probe.correct)  # top-1 over every process's batches
+            all_reduce_sum(self.probe.seen)
+            record.update(self.probe.read_and_reset())
+        if out.embeddings is not None:
+            record.update(representation_metrics(*(gather_no_grad(e) for e in out.embeddings)))
+            if self.watch.update(record["std_scaled"]) and self.rank == 0:
+                self.warnings_at.append(self.step)
+                tqdm.write(f"warning: representation collapse? normalised std x sqrt(d) = "
+                           f"{record['std_scaled']:.3f} at step {self.step}")
+        self.logger.log(record)
+        self.last = record
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+
+    def _end_of_step(self, epoch: int, stop: dict[str, Any]) -> None:
+        """Epoch hooks, checkpoints, and a clean stop (checkpoint first) on SIGINT/SIGTERM."""
+        end_of_epoch = self.step % self.steps_per_epoch == 0
+        if end_of_epoch:
+            for hook in self.epoch_hooks:
+                extra = hook(epoch, self.step, self.method)
+                self.method.train()
+                if extra:
+                    self.logger.log({"step": self.step, "epoch": self.step / self.steps_per_epoch, **extra})
+        if end_of_epoch or (self.s.checkpoint_every and self.step % self.s.checkpoint_every == 0):
+            self._save_checkpoint()
+        if dist_train.any_process(stop["signal"] is not None):  # every process stops at this step
+            raise TrainingInterrupted(self.step, self._save_checkpoint())
+
+    def _save_checkpoint(self) -> Path | None:
+        """Check every process's state is finite, then rank 0 writes ``last.pt`` atomically."""
+        _check_finite_everywhere(self.window.loss_sum, self.window.count, self.step, self.ckpt_path, self.method,
+                                 self.optimizer)
+        if self.ckpt_path is None or self.rank != 0:
             return None
-        return atomic_save({"step": step, "epoch": step / steps_per_epoch, "method": method.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            **({"online_probe": probe.full_state()} if probe is not None else {}),
-                            **(extra_state or {})}, ckpt_path)
+        return atomic_save({"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                            "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                            **({"online_probe": self.probe.full_state()} if self.probe is not None else {}),
+                            **self.extra_state}, self.ckpt_path)
 
-    watch = CollapseWatch()
-    warnings_at: list[int] = []
-    loss_sum = torch.zeros((), device=device)
-    loss_count = 0
-    last: dict[str, float] = {}
-    start = time.perf_counter()
-    start_step = step
-    tick, tick_step = start, step
-    bar = tqdm(total=total_steps, initial=step, disable=not s.progress or rank != 0, unit="step", dynamic_ncols=True)
-    method.train()
-    with _catch_stop_signals() as stop:
-        while step < total_steps:
-            epoch, position = divmod(step, steps_per_epoch)
-            order = epoch_order(n, s.seed, epoch)
-            method.on_epoch_start(epoch, steps_per_epoch)  # also when resuming mid-epoch
-            for batch_index in order[position * s.batch_size:steps_per_epoch * s.batch_size].split(s.batch_size):
-                lr = warmup_cosine(step, total_steps, warmup_steps, s.lr)
-                set_lr(optimizer, lr)
-                if world > 1:  # this process's contiguous share of the global batch
-                    batch_index = batch_index[rank * local_batch:(rank + 1) * local_batch]
-                method.on_batch_start(batch_index)
-                # to_device: asynchronous copies (pinned on CUDA), so the host never waits for the GPU here
-                batch = to_device(data[to_device(batch_index, data.device)], device)
-                gen = torch.Generator().manual_seed(augment_seed(s.seed, step, rank, world))
-                inputs = [normalize(v, mean, std) for v in augment_views(batch, views, gen)]
-                if channels_last:
-                    inputs = [v.contiguous(memory_format=torch.channels_last) for v in inputs]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    out = step_fn(inputs)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                method.before_optimizer_step(step, total_steps)
-                optimizer.step()
-                after = method.on_step_end(step + 1, total_steps)
-                if probe is not None and out.features is not None:
-                    probe.update(out.features, labels[to_device(batch_index, device)])
-                step += 1
-                loss_sum += out.loss.detach().float()
-                loss_count += 1
-                bar.update(1)
-                if step % s.log_every == 0 or step == total_steps:
-                    loss = (dist_train.mean_over_processes(loss_sum) / loss_count).item()
-                    if not math.isfinite(loss):
-                        raise NonFiniteLoss(_non_finite_message(f"loss is {loss}", step, loss_count, ckpt_path))
-                    now = time.perf_counter()
-                    rate = (step - tick_step) * s.batch_size / max(now - tick, 1e-9)
-                    tick, tick_step = now, step
-                    record = {"step": step, "epoch": step / steps_per_epoch, "loss": loss, "lr": lr,
-                              "images_per_second": rate, **after,
-                              **_mean_metrics(out.metrics)}
-                    if probe is not None:
-                        all_reduce_sum(probe.correct)  # top-1 over every process's batches
-                        all_reduce_sum(probe.seen)
-                        record.update(probe.read_and_reset())
-                    if out.embeddings is not None:
-                        record.update(representation_metrics(*(gather_no_grad(e) for e in out.embeddings)))
-                        if watch.update(record["std_scaled"]) and rank == 0:
-                            warnings_at.append(step)
-                            tqdm.write(f"warning: representation collapse? normalised std x sqrt(d) = "
-                                       f"{record['std_scaled']:.3f} at step {step}")
-                    logger.log(record)
-                    last = record
-                    loss_sum.zero_()
-                    loss_count = 0
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
-                end_of_epoch = step % steps_per_epoch == 0
-                if end_of_epoch:
-                    for hook in epoch_hooks:
-                        extra = hook(epoch, step, method)
-                        method.train()
-                        if extra:
-                            logger.log({"step": step, "epoch": step / steps_per_epoch, **extra})
-                if end_of_epoch or (s.checkpoint_every and step % s.checkpoint_every == 0):
-                    _check_finite_everywhere(loss_sum, loss_count, step, ckpt_path, method, optimizer)
-                    save_checkpoint()
-                if dist_train.any_process(stop["signal"] is not None):  # every process stops at this step
-                    _check_finite_everywhere(loss_sum, loss_count, step, ckpt_path, method, optimizer)
-                    path = save_checkpoint()
-                    bar.close()
-                    logger.close()
-                    raise TrainingInterrupted(step, path)
-    bar.close()
-    logger.close()
-    seconds = time.perf_counter() - start
-    trained = (step - start_step) * s.batch_size
-    return FitResult(steps=step, seconds=seconds, images_per_second=trained / max(seconds, 1e-9),
-                     last_metrics=last, collapse_warning_steps=warnings_at)
+
+class _LossWindow:
+    """The losses since the last log line, summed on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.count = 0
+        self.logged = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().float()
+        self.count += 1
+
+    def mean_and_reset(self) -> float:
+        """The mean over processes and steps of the window; the window starts again."""
+        mean = (dist_train.mean_over_processes(self.loss_sum) / self.count).item()
+        self.logged = self.count
+        if math.isfinite(mean):
+            self.loss_sum.zero_()
+            self.count = 0
+        return mean
 
 
 def augment_seed(seed: int, step: int, rank: int = 0, world_size: int = 1) -> int:
@@ -269,7 +310,7 @@ def augment_seed(seed: int, step: int, rank: int = 0, world_size: int = 1) -> in
 
 def _mean_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     """The method's extra scalars as floats, averaged over processes (one all-reduce)."""
-    if not metrics or dist_train.world_size() == 1:
+    if not metrics or comm.world_size() == 1:
         return {k: float(v) for k, v in metrics.items()}
     values = dist_train.mean_over_processes(torch.stack([v.detach().float().reshape(()) for v in metrics.values()]))
     return dict(zip(metrics, values.tolist()))
@@ -278,7 +319,7 @@ def _mean_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
 def _check_finite_everywhere(loss_sum: torch.Tensor, loss_count: int, step: int, ckpt_path: Path | None,
                              method: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """``_check_finite`` on every process; all of them raise when any one finds a non-finite value."""
-    if dist_train.world_size() == 1:
+    if comm.world_size() == 1:
         return _check_finite(loss_sum, loss_count, step, ckpt_path, method, optimizer)
     try:
         _check_finite(loss_sum, loss_count, step, ckpt_path, method, optimizer)
@@ -327,22 +368,19 @@ class _MetricsLogger:
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text(errors="replace").splitlines()
                     if (line_step := _record_step(line)) is not None and line_step <= resume_step]
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(path)  # a kill while rewriting leaves the old file, not a short one
+            write_text_atomic(path, "".join(line + "\n" for line in kept))  # a kill leaves the old file
         self.file = path.open("a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"),
-                                        purge_step=None if resume_step is None else resume_step + 1)
-        except ImportError:  # tensorboard is optional at run time
-            self.writer = None
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"),
+                                    purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, record: dict[str, float]) -> None:
         if self.file is None:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as err:  # a full or read-only disk: name the file
+            raise OSError(err.errno, err.strerror, self.file.name) from err
         if self.writer is not None:
             for key, value in record.items():
                 if key not in ("step", "epoch"):

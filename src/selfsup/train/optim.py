@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -98,14 +98,6 @@ def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, weight_d
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **fast)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-
-
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak: float, final: float = 0.0) -> float:
-    """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to ``final`` (SimCLR/BYOL)."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

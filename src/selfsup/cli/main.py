@@ -1,5 +1,5 @@
-"""Command-line interface: ``selfsup train | eval | demo | preview | export | embed | report | compare``,
-mirroring ``selfsup.api``.
+"""Command-line interface: ``selfsup train | eval | demo | preview | convert | export | embed | report |
+compare``, mirroring ``selfsup.api``.
 
 Every ``TrainConfig`` field is a ``train`` flag (``batch_size`` -> ``--batch-size``), and so is
 every method hyperparameter (``tau_base`` -> ``--tau-base``). Bad options exit with code 2 and a
@@ -9,13 +9,35 @@ one-line message naming the option.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
+import shlex
+import signal
 import sys
 import typing
-from typing import Any, Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from selfsup.api import demo, evaluate, preview, train
+from selfsup.cli.data import COMMANDS as DATA_COMMANDS
+from selfsup.cli.data import add_parsers as add_data_parsers
+from selfsup.cli.handoff import COMMANDS as HANDOFF_COMMANDS
+from selfsup.cli.handoff import add_parsers as add_handoff_parsers
+from selfsup.cli.reporting import COMMANDS as REPORTING_COMMANDS
+from selfsup.cli.reporting import add_parsers as add_reporting_parsers
 from selfsup.config import TRAIN_FIELDS, ConfigError, TrainConfig, method_option_types
 from selfsup.data.sources import DATA_SPECS, DataSpecError
+from selfsup.data.store import StoreError
+from selfsup.evaluation.intervals import small_split_warning
+from selfsup.evaluation.protocols import DEFAULT_EPOCHS, PROTOCOLS, format_result
 from selfsup.methods import METHODS
+from selfsup.models import BACKBONES
+from selfsup.models.timm_backbones import TimmError
+from selfsup.train.checkpoint import CheckpointError
+from selfsup.train.distributed import DistributedRunFailed, env_rank, launched_by_torchrun
+from selfsup.train.loop import NonFiniteLoss, TrainingInterrupted
 
 _HELP = {
     "method": f"one of: {', '.join(METHODS)}",
@@ -23,9 +45,12 @@ _HELP = {
     "subset": "use N training images (a seeded random subset)",
     "holdout_classes": "class indices removed from the training split before --subset, e.g. 5-9 or 7,8,9 "
                        "(never seen in pretraining; `selfsup eval --protocol fewshot` uses them)",
-    "recipe": "paper: the paper's hyperparameters; small: the tuned small-image recipe; auto: small when images <= 64 px",
+    "recipe": "paper: the paper's hyperparameters; small: the tuned small-image recipe; "
+              "auto: small when images <= 64 px",
     "lr": "base learning rate for batch 256 (scaled linearly with the batch size)",
     "out": "run folder (default runs/METHOD-DATA-TIME)",
+    "backbone": f"one of: {', '.join(BACKBONES)}; or timm:NAME, any timm model, untrained (pip install "
+                "'selfsup[timm]')",
     "width": "width multiplier of the backbone (0.25 for CPU-sized runs)",
     "small_stem": "3x3 stride-1 stem without max-pool (default: on for images <= 64 px)",
     "grad_checkpointing": "recompute each ResNet stage during backward instead of storing its activations "
@@ -77,11 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in TRAIN_FIELDS:
             _add_field(group, name, hint, None)
 
-    from selfsup.evaluation.protocols import DEFAULT_EPOCHS, PROTOCOLS
-
     ev = sub.add_parser("eval", help="score a run's encoder by a paper protocol, beside a random-init encoder")
     ev.add_argument("run_dir")
-    ev.add_argument("--protocol", default="knn", help=f"one of: {', '.join(PROTOCOLS)} (semi:P% takes any P)".replace("%", "%%"))
+    ev.add_argument("--protocol", default="knn",
+                    help=f"one of: {', '.join(PROTOCOLS)} (semi:P% takes any P)".replace("%", "%%"))
     ev.add_argument("--data", default=None, help="data spec (default: the run's; transfer: the target, default digits)")
     ev.add_argument("--epochs", type=int, default=None,
                     help="epochs of every trained protocol (default, CPU-sized: "
@@ -117,50 +141,37 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("--data-root", default=None)
 
-    from selfsup.handoff.cli import add_parsers as add_handoff_parsers
-
+    add_data_parsers(sub)  # convert
     add_handoff_parsers(sub)  # export, embed
-    from selfsup.reporting.cli import add_parsers as add_reporting_parsers
-
     add_reporting_parsers(sub)  # report, compare
     return parser
 
 
-def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for i, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
-def _fmt(value: Any) -> str:
-    return f"{100 * value:.2f}%" if isinstance(value, float) else "-"
-
-
 def print_scores(scores: dict[str, Any], protocols: Sequence[str]) -> None:
-    rows = [("protocol", "learned", "random init", "raw pixels")]
-    for p in protocols:
-        key = f"{p}_top1"
-        rows.append((f"{p} top-1", _fmt(scores.get(key)), _fmt(scores.get("random_init_" + key)),
-                     _fmt(scores.get("raw_pixels_" + key))))
-    _print_table(rows)
+    """Learned vs every floor present in ``scores``, each accuracy with its 95% interval, and what the
+    floors are; a warning when the test split is too small for the comparison to mean anything."""
+    present = [p for p in protocols if f"{p}_top1" in scores]
+    print(format_result({**scores, "metrics": [f"{p}_top1" for p in present]}))
+    if "random_default_init_knn_top1" in scores or "random_default_init_linear_top1" in scores:
+        print("random init (same init): this run's architecture and initialisation, untrained; (default init): the "
+              "same with the framework's default initialisation (every residual block active)")
+    warning = small_split_warning(scores["test_images"], scores.get("data", "the data")) \
+        if "test_images" in scores else None
+    if warning:
+        print(warning)
 
 
 def _report_summary(summary: dict[str, Any]) -> None:
     print(f"\n{summary['method']} on {summary['data']} ({summary['data_source']}): {summary['steps']} steps in "
           f"{summary['seconds']:.0f} s, {summary['images_per_second']:.0f} images/s on {summary['device']}")
     if "knn_top1" in summary:
+        print("top-1 % on the test split (95% interval)")
         print_scores(summary, ["knn", "linear"])
     if summary.get("skipped_files"):
         print(f"skipped {summary['skipped_files']} unreadable files (listed in skipped_files.txt)")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from selfsup.api import train
-
-    from selfsup.train.distributed import launched_by_torchrun
-
     summary = train(**{k: v for k, v in vars(args).items() if k != "command" and v is not None})
     if (args.devices or 1) == 1 or launched_by_torchrun():  # with --devices N, rank 0 of the N reported it
         _report_summary(summary)
@@ -168,8 +179,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from selfsup.api import demo
-
     summary = demo(out=args.out, epochs=args.epochs, subset=args.subset, progress=args.progress)
     _report_summary(summary)
     print(f"run folder: {args.out} (summary.json, metrics.jsonl, checkpoints/)")
@@ -177,10 +186,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from selfsup.api import evaluate
-
-    from selfsup.evaluation.protocols import format_result
-
     options = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "episodes", "ways", "shots", "queries",
                                              "metric", "transfer_data")}
     result = evaluate(args.run_dir, protocol=args.protocol, data=args.data, device=args.device,
@@ -197,8 +202,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_preview(args: argparse.Namespace) -> int:
-    from selfsup.api import preview
-
     path = preview(data=args.data, out=args.out, method=args.method, image_size=args.image_size,
                    recipe=args.recipe, crop_scale_min=args.crop_scale_min, n=args.n, seed=args.seed,
                    data_root=args.data_root)
@@ -208,35 +211,31 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``selfsup ...``; under torchrun only rank 0 prints (messages, summary), the others stay quiet."""
-    import contextlib
-    import os
-
-    from selfsup.train.distributed import env_rank
-
+    signal.signal(signal.SIGTERM, _interrupt)  # outside the training steps SIGTERM acts as Ctrl-C
     if env_rank() == 0:
         return _main(argv)
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         return _main(argv)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+EXIT_CODES = {"done": 0, "bad option or data": 2, "non-finite loss": 3, "file system": 4, "interrupted": 130}
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 done; 2 bad option, unusable data or unsafe/corrupt checkpoint (argparse's own
-    errors too); 3 NaN/Inf loss; 130 interrupted (Ctrl-C, SIGTERM), with the resume command."""
-    from selfsup.train.checkpoint import CheckpointError
-    from selfsup.train.distributed import DistributedRunFailed
-    from selfsup.train.loop import NonFiniteLoss, TrainingInterrupted
-
+    """Exit codes (``EXIT_CODES``): 0 done; 2 bad option, unusable data, unsafe/corrupt checkpoint or a run
+    folder in use (argparse's own errors too); 3 NaN/Inf loss; 4 the file system refused a read or write
+    (read-only, full, permission, path too long, a file where a folder should be); 130 interrupted
+    (Ctrl-C, SIGTERM), with the resume or re-run command."""
     args = build_parser().parse_args(argv)
-    commands = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "preview": _cmd_preview}
-    from selfsup.handoff.cli import COMMANDS as HANDOFF_COMMANDS
-
-    commands.update(HANDOFF_COMMANDS)
-    from selfsup.reporting.cli import COMMANDS as REPORTING_COMMANDS
-
-    commands.update(REPORTING_COMMANDS)
+    commands = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "preview": _cmd_preview,
+                **DATA_COMMANDS, **HANDOFF_COMMANDS, **REPORTING_COMMANDS}
     try:
         return commands[args.command](args)
-    except (ConfigError, DataSpecError, CheckpointError) as err:
+    except (ConfigError, DataSpecError, CheckpointError, StoreError, TimmError) as err:
         message = " ".join(str(err).split())
         if isinstance(err, DataSpecError) and not message.startswith("--"):
             message = f"--data: {message}"
@@ -252,12 +251,33 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return 3
     except DistributedRunFailed as err:  # --devices N: the processes printed why; pass on rank 0's code
         return err.returncode
-    except KeyboardInterrupt:  # Ctrl-C outside the training steps (loading data, evaluating)
-        from pathlib import Path
-
-        out = getattr(args, "out", None)
-        hint = ""
-        if args.command == "train" and out and (Path(out) / "checkpoints" / "last.pt").exists():
-            hint = f" Resume with:\n  selfsup train --out {out} --resume"
-        print(f"\nselfsup {args.command}: interrupted.{hint}", file=sys.stderr)
+    except OSError as err:
+        print(f"selfsup {args.command}: error: {_file_system_message(err, args)}", file=sys.stderr)
+        return 4
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the training steps (loading data, evaluating)
+        print(f"\nselfsup {args.command}: interrupted. {_again(args, argv)}", file=sys.stderr)
         return 130
+
+
+def _checkpoint_of(args: argparse.Namespace) -> Path | None:
+    out = getattr(args, "out", None)
+    path = Path(out) / "checkpoints" / "last.pt" if args.command == "train" and out else None
+    return path if path is not None and path.exists() else None
+
+
+def _again(args: argparse.Namespace, argv: Sequence[str] | None) -> str:
+    """How to carry on: resume a run that has a checkpoint, else run the same command again."""
+    if _checkpoint_of(args) is not None:
+        return f"Resume with:\n  selfsup train --out {args.out} --resume"
+    return f"Run it again with:\n  {shlex.join(['selfsup', *(sys.argv[1:] if argv is None else argv)])}"
+
+
+def _file_system_message(err: OSError, args: argparse.Namespace) -> str:
+    """One line: the path, the cause, and what was kept."""
+    cause = err.strerror or str(err)
+    code = errno.errorcode.get(err.errno, "") if err.errno else ""
+    where = f"{err.filename}: " if err.filename else ""
+    kept = _checkpoint_of(args)
+    after = (f"the last good checkpoint {kept} is intact; once the cause is gone, resume with "
+             f"`selfsup train --out {args.out} --resume`") if kept else "run it again once the cause is gone"
+    return f"{where}{cause}{f' [{code}]' if code else ''}; {after}"

@@ -4,12 +4,12 @@ mirroring ``selfsup.api.report`` and ``selfsup.api.compare`` one to one."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-# Kept here rather than imported, so building the parser does not import matplotlib or torch;
-# tests check they match selfsup.reporting.report.EMBEDDINGS and plots.DEFAULT_COMPARE_METRICS.
-EMBEDDINGS = ("auto", "umap", "tsne")
-DEFAULT_COMPARE_METRICS = ("loss", "std_scaled", "rankme", "knn_top1")
+from selfsup.api import compare, report
+from selfsup.reporting.figures import EMBEDDINGS
+from selfsup.reporting.plots import DEFAULT_COMPARE_METRICS
 
 
 def add_parsers(sub: Any) -> None:
@@ -44,8 +44,6 @@ def add_parsers(sub: Any) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from selfsup.api import report
-
     result = report(args.run_dir, html=args.html, device=args.device, max_points=args.max_points,
                     max_gallery=args.max_gallery or None, embedding=args.embedding, queries=args.queries,
                     neighbors=args.neighbors, seed=args.seed, progress=args.progress)
@@ -59,8 +57,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from selfsup.api import compare
-
     result = compare(args.run_dirs, out=args.out, metrics=args.metrics, x=args.x)
     print(f"wrote {result.path}: {', '.join(result.metrics)} for {', '.join(result.labels)}")
     if result.skipped:

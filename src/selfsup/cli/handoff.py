@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from selfsup.api import embed, export
 from selfsup.handoff.embed import SPLITS
 from selfsup.handoff.formats import FORMATS
 
@@ -37,8 +38,6 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from selfsup.api import export
-
     result = export(args.run_dir, format=args.format, out=args.out)
     print(f"wrote {', '.join(result['files'])} ({result['format']}: {result['backbone']} width {result['width']:g}, "
           f"{result['feature_dim']}-d features, input {result['in_channels']}x{result['image_size']}x"
@@ -47,8 +46,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from selfsup.api import embed
-
     result = embed(args.run_dir, data=args.data, out=args.out, split=args.split, batch_size=args.batch_size,
                    device=args.device, data_root=args.data_root, progress=args.progress)
     parts = ", ".join(f"{n} {k}" for k, n in result["splits"].items())
