@@ -37,7 +37,8 @@ ROWS = 16  # the "dataset": 2 steps per epoch
 STEPS = 4  # 2 epochs: queues written and read, DeepCluster's bank filled then clustered
 # Per-method settings beyond the tiny heads (RGB input, float64): exercise the cross-process code paths;
 # queues of 24 rows wrap within the test (MoCo queues 16 keys a step here, NNCLR 8 projections).
-EXTRA = {"byol": {"negatives_beta": 0.5}, "moco": {"symmetric": True, "queue_size": 24}, "nnclr": {"queue_size": 24}}
+EXTRA = {"byol": {"negatives_beta": 0.5}, "moco": {"symmetric": True, "queue_size": 24}, "nnclr": {"queue_size": 24},
+         "mae": {"backbone": "vit_tiny"}}  # MAE runs on ViTs only
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -448,3 +448,60 @@ def test_export_rebuilds_the_layer_norm_encoder_of_a_cpc_run(tmp_path):
     assert info.norm == "layernorm"
     rebuilt = _build(info)
     rebuilt.load_state_dict(method.encoder.state_dict(), strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: a short run beats the random-init encoder (same architecture, same init) on the linear
+# probe of the held-out images
+
+# Fashion-MNIST: 5,000 training images, one epoch of batch 64 (78 steps), ResNet-18 width 0.25 with
+# zero-initialised residual blocks (the same-init floor of the family's test), the small-image recipe,
+# seed 0, one thread; linear probe on the 10,000 test images. Margins: at most half the smallest gain
+# measured with seeds 0 / 1 / 2 (BENCHMARKS.md, "CPC v2, BoWNet, OBoW").
+FASHION_MNIST_E2E = dict(data="fashion-mnist", subset=5000, width=0.25, batch_size=64, epochs=1,
+                         zero_init_residual=True)
+FASHION_MNIST_MARGIN = {"cpc_v2": 0.0, "bownet": 0.0, "obow": 0.0}
+# Digits (8-px images), width 0.125, batch 128, torchvision's default init; (epochs, margin).
+DIGITS_E2E = {"cpc_v2": (10, 0.0), "bownet": (10, 0.0), "obow": (10, 0.0)}
+_LINEAR_FLOOR: dict[tuple, float] = {}
+
+
+def random_init_linear_top1(**options) -> float:
+    """``random_init_linear_top1`` of the run ``train(**options)`` would make (computed once per process)."""
+    from selfsup.config import TrainConfig, resolve
+    from selfsup.evaluation.baselines import baseline_scores
+    from selfsup.runs import channel_stats, load_split, merge_options, random_init_encoder
+
+    key = tuple(sorted(options.items()))
+    if key not in _LINEAR_FLOOR:
+        cfg = merge_options(TrainConfig(), options)
+        split = load_split(cfg)
+        resolved = resolve(cfg, split.train.image_size)
+        encoder = random_init_encoder(cfg, resolved, split.train.channels)
+        scores = baseline_scores(encoder, split, resolved.image_size, *channel_stats(split), "cpu", cfg.seed,
+                                 ["linear"])
+        _LINEAR_FLOOR[key] = scores["random_init_linear_top1"]
+    return _LINEAR_FLOOR[key]
+
+
+def _e2e_settings(name: str) -> tuple[dict, float]:
+    from selfsup.data.sources import fashion_mnist_available
+
+    if fashion_mnist_available():
+        settings, margin = dict(FASHION_MNIST_E2E), FASHION_MNIST_MARGIN[name]
+    else:
+        epochs, margin = DIGITS_E2E[name]
+        settings = dict(data="digits", width=0.125, batch_size=128, epochs=epochs, zero_init_residual=False)
+    return dict(settings, method=name, backbone="resnet18", seed=0, eval_protocols="linear"), margin
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_short_training_beats_the_random_init_linear_probe(name, tmp_path, one_thread):
+    from selfsup.api import train
+
+    settings, margin = _e2e_settings(name)
+    summary = train(**settings, baselines=False, out=str(tmp_path / name), progress=False)
+    floor = random_init_linear_top1(**settings)
+    assert summary["recipe"] == "small"
+    assert summary["linear_top1"] > floor + margin, (summary["linear_top1"], floor)

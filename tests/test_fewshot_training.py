@@ -11,6 +11,7 @@ import torch
 from selfsup.data.augment import augment
 from selfsup.data.dataset import DataSplit, ImageDataset
 from selfsup.data.episodes import EpisodeSampler, EpisodeSpec, base_and_novel, simclr_episode, simclr_episode_views
+from selfsup.data.sources import load_data
 from selfsup.evaluation.collapse import collapse_figure, nearest_neighbours, supervision_collapse
 from selfsup.evaluation.fewshot import (
     Episode,
@@ -30,7 +31,11 @@ from selfsup.train.episodic import (
     base_training_images,
     build_episodic_method,
     episode_batch,
+    frozen_feature_maps,
+    load_fewshot_run,
     lr_at,
+    starting_encoder,
+    train_fewshot,
     validate,
 )
 
@@ -354,3 +359,34 @@ def test_collapse_figure_draws_each_query_and_neighbour():
 
 # ---------------------------------------------------------------------------------------------
 # End to end
+
+
+@pytest.mark.slow
+def test_crosstransformer_with_simclr_episodes_learns_few_shot_classification(tmp_path, one_thread):
+    """30 episodes (half SimCLR episodes) on digits' base classes 0-4, 16 px, dilated last stage (4 x 4 maps):
+    5-way 5-shot accuracy on held-out test images of the base classes, trained vs the same initialisation.
+    Measured gains (2026-12-02, seeds 0/1/2): +0.34 / +0.11 / +0.25; the margin is under half the smallest."""
+    options = dict(method="crosstransformer", data="digits", holdout_classes="5-9", image_size=16, width=0.125,
+                   high_res=True, key_dim=32, value_dim=32, episodes=30, simclr_episodes=0.5, eval_episodes=100,
+                   eval_pool="test", collapse_queries=50, eval_init=False, seed=0, out=str(tmp_path / "ctx"),
+                   progress=False)
+    summary = train_fewshot(**options)
+    assert summary["simclr_episodes_done"] > 5 and summary["base_classes"] == [0, 1, 2, 3, 4]
+    for shot in (1, 5):
+        assert 0.2 < summary[f"fewshot_5way_{shot}shot"] <= 1 and summary[f"fewshot_5way_{shot}shot_ci95"] > 0
+    assert summary["collapse_same_class"] + summary["collapse_other_novel"] + summary["collapse_base"] == \
+        pytest.approx(1.0)
+    assert (tmp_path / "ctx" / "collapse.png").exists()
+
+    trained, settings = load_fewshot_run(tmp_path / "ctx")
+    r = settings["resolved"]
+    initial = build_episodic_method("crosstransformer", starting_encoder(EpisodicConfig(**options), 1, 16).encoder,
+                                    True, options).eval()
+    split = load_data("digits", image_size=16)
+    held_out = torch.isin(split.test.labels, torch.tensor(r["base_classes"]))
+    images, labels = split.test.images[held_out], split.test.labels[held_out]
+    accuracy = {}
+    for name, method in (("trained", trained), ("initial", initial)):
+        maps = frozen_feature_maps(method.encoder, images, 16, r["mean"], r["std"], torch.device("cpu"))
+        accuracy[name] = crosstransformer_fewshot_eval(maps, labels, method.head, 5, 5, 10, episodes=100).mean
+    assert accuracy["trained"] > accuracy["initial"] + 0.05, accuracy

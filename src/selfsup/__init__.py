@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 _API = {"train": "selfsup.api", "evaluate": "selfsup.api", "preview": "selfsup.api", "demo": "selfsup.api",
         "load_run": "selfsup.api", "TrainConfig": "selfsup.config",
         "export": "selfsup.api", "embed": "selfsup.api", "load_encoder": "selfsup.api",
-        "report": "selfsup.api", "compare": "selfsup.api", "convert": "selfsup.api"}
+        "report": "selfsup.api", "compare": "selfsup.api", "convert": "selfsup.api",
+        "load_config": "selfsup.api"}
 
 __all__ = ["__version__", *_API]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from selfsup.config import ConfigError, TrainConfig, resolve, validate
+from selfsup.config import ConfigError, TrainConfig, options_from_file, resolve, validate
 from selfsup.data.sources import fashion_mnist_available
 from selfsup.data.store import DEFAULT_SHARD_SIZE, StoreInfo, build_store
 from selfsup.handoff import embed_dataset, export_encoder
@@ -16,12 +16,19 @@ from selfsup.handoff import load_encoder as _load_encoder
 from selfsup.reporting.plots import write_compare
 from selfsup.reporting.preview import save_preview
 from selfsup.reporting.report import build_report
-from selfsup.runs import Run, build_method, load_run, load_split, training_views
+from selfsup.runs import Run, build_method, load_run, load_split, merge_options, training_views
 from selfsup.runs.evaluate import evaluate_run
 from selfsup.runs.train import train as _train_run
 
-__all__ = ["Run", "compare", "convert", "demo", "embed", "evaluate", "export", "load_encoder", "load_run", "preview",
-           "report", "train"]
+__all__ = ["Run", "compare", "convert", "demo", "embed", "evaluate", "export", "load_config", "load_encoder",
+           "load_run", "preview", "report", "train"]
+
+
+def load_config(file_or_recipe: str | Path, **overrides: Any) -> TrainConfig:
+    """A ``TrainConfig`` from a YAML file, a run folder's ``config.yaml`` (that run's settings) or a
+    recipe by name (``selfsup methods``, README "Configuration"), with ``overrides`` applied:
+    ``train(load_config("byol-cifar10", data="folder:cifar10"))``."""
+    return merge_options(TrainConfig(), {**options_from_file(file_or_recipe), **overrides})
 
 
 def train(config: TrainConfig | None = None, **options: Any) -> dict[str, Any]:

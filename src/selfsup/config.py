@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from selfsup.data.sources import parse_class_list
+from selfsup.errors import ConfigError
 from selfsup.evaluation.frozen import PROTOCOLS_FROZEN
 from selfsup.methods import METHODS
 from selfsup.models import BACKBONES, NORMS
@@ -30,10 +35,6 @@ AUGMENT_OFF: dict[str, dict[str, float]] = {
     "flip": {"flip_p": 0.0},
     "crop_only": {"jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0},
 }
-
-
-class ConfigError(ValueError):
-    """A bad option: the message is one line naming the option and what is valid."""
 
 
 @dataclass
@@ -224,3 +225,47 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in data.items() if k in names})
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration files: `selfsup train --config FILE.yaml|RECIPE`
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+RUN_ACTIONS = ("out", "resume", "overwrite")  # what a run folder's own config.yaml does not carry over
+
+
+def recipe_names() -> list[str]:
+    """The papers' settings shipped with selfsup (``selfsup/recipes/NAME.yaml``)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def options_from_file(name_or_path: str | Path) -> dict[str, Any]:
+    """``TrainConfig`` fields and method hyperparameters from a YAML file, or from a packaged recipe
+    by name; a run folder's ``config.yaml`` gives that run's settings (without ``out``, ``resume``,
+    ``overwrite``). Unknown keys are a ConfigError naming the key and its nearest valid names."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"--config: {name_or_path} is neither a file nor a recipe ({', '.join(recipe_names())})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"--config: {path} is not readable YAML ({' '.join(str(e).split())})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must be a mapping of option: value")
+    if isinstance(data.get("config"), dict):  # a run folder's config.yaml
+        data = {k: v for k, v in data["config"].items() if k not in RUN_ACTIONS}
+    options = {k: v for k, v in data.items() if k != "method_options"}
+    options.update(data.get("method_options") or {})
+    _check_known(options, path)
+    return options
+
+
+def _check_known(options: dict[str, Any], path: Path) -> None:
+    known = [*TRAIN_FIELDS, *method_option_types()]
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"--config: {path}: unknown key {key!r}{hint}")

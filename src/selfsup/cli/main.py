@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import os
 import shlex
@@ -27,12 +28,14 @@ from selfsup.cli.handoff import COMMANDS as HANDOFF_COMMANDS
 from selfsup.cli.handoff import add_parsers as add_handoff_parsers
 from selfsup.cli.reporting import COMMANDS as REPORTING_COMMANDS
 from selfsup.cli.reporting import add_parsers as add_reporting_parsers
-from selfsup.config import TRAIN_FIELDS, ConfigError, TrainConfig, method_option_types
+from selfsup.config import TRAIN_FIELDS, ConfigError, TrainConfig, method_option_types, options_from_file, recipe_names
 from selfsup.data.sources import DATA_SPECS, DataSpecError
 from selfsup.data.store import StoreError
 from selfsup.evaluation.intervals import small_split_warning
 from selfsup.evaluation.protocols import DEFAULT_EPOCHS, PROTOCOLS, format_result
+from selfsup.evaluation.tables import aligned_table
 from selfsup.methods import METHODS
+from selfsup.methods.catalogue import CATALOGUE
 from selfsup.models import BACKBONES
 from selfsup.models.timm_backbones import TimmError
 from selfsup.train.checkpoint import CheckpointError
@@ -88,19 +91,53 @@ def _add_field(parser: argparse.ArgumentParser, name: str, annotation: Any, defa
                             help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _settings(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in values.items())
+
+
+def _add_method_fields(parser: argparse.ArgumentParser, method: type) -> None:
+    """``method``'s hyperparameters, each with its paper default and small-image recipe value."""
+    info = CATALOGUE.get(method.name)
+    title = f"{method.name} hyperparameters" + (f" ({info.paper} {info.year})" if info else "")
+    optimiser = _settings(method.OPTIMIZER) + (f"; small: {_settings(method.SMALL_IMAGE_OPTIMIZER)}"
+                                                 if method.SMALL_IMAGE_OPTIMIZER else "")
+    group = parser.add_argument_group(title, "paper: the paper's default; small: the small-image recipe "
+                                             f"(images <= 64 px, `--recipe auto`). Optimiser: paper: {optimiser}")
+    small = method.SMALL_IMAGE_RECIPE
+    for f in dataclasses.fields(method.Config):
+        paper = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        note = f"paper: {paper}" + (f"; small: {small[f.name]}" if f.name in small else "")
+        kind = _base_type(typing.get_type_hints(method.Config)[f.name])
+        if kind is bool:
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=note)
+        else:
+            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, metavar=kind.__name__.upper(),
+                               help=note)
+
+
+def build_parser(method: str | None = None) -> argparse.ArgumentParser:
+    """The ``selfsup`` parser; with ``method`` (``train --method X --help``) the train command lists X's
+    own hyperparameters with the paper's defaults and the small-image recipe's values."""
     parser = argparse.ArgumentParser(prog="selfsup", description="Self-supervised visual representation learning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="pretrain an encoder, then evaluate it against baselines")
+    train.add_argument("--config", default=None, metavar="FILE|RECIPE",
+                       help="settings from a YAML file (a run's config.yaml re-runs that run) or a recipe "
+                            f"({', '.join(recipe_names())}); flags given here override it")
     defaults = TrainConfig()
     hints = typing.get_type_hints(TrainConfig)
     for name in TRAIN_FIELDS:
         _add_field(train, name, hints[name], getattr(defaults, name))
-    group = train.add_argument_group("method hyperparameters (default: the paper's, or the small-image recipe)")
-    for name, hint in method_option_types().items():
-        if name not in TRAIN_FIELDS:
-            _add_field(group, name, hint, None)
+    if method in METHODS:
+        _add_method_fields(train, METHODS[method])
+    else:
+        group = train.add_argument_group("method hyperparameters (default: the paper's, or the small-image recipe; "
+                                         "`selfsup train --method X --help` lists X's own)")
+        for name, hint in method_option_types().items():
+            if name not in TRAIN_FIELDS:
+                _add_field(group, name, hint, None)
 
     ev = sub.add_parser("eval", help="score a run's encoder by a paper protocol, beside a random-init encoder")
     ev.add_argument("run_dir")
@@ -129,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--epochs", type=int, default=None)
     dm.add_argument("--subset", type=int, default=None)
     dm.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+    sub.add_parser("methods", help="list every method: paper, year, family and what it needs")
 
     pv = sub.add_parser("preview", help="write a PNG grid of images and their augmented views")
     pv.add_argument("--data", default="fashion-mnist", help=f"one of: {', '.join(DATA_SPECS)}")
@@ -172,7 +211,9 @@ def _report_summary(summary: dict[str, Any]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    summary = train(**{k: v for k, v in vars(args).items() if k != "command" and v is not None})
+    options = options_from_file(args.config) if args.config else {}
+    options.update({k: v for k, v in vars(args).items() if k not in ("command", "config") and v is not None})
+    summary = train(**options)
     if (args.devices or 1) == 1 or launched_by_torchrun():  # with --devices N, rank 0 of the N reported it
         _report_summary(summary)
     return 0
@@ -198,6 +239,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{result['protocol']} on {result['data']} ({result['test_images']} test images)")
         print(format_result(result))
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    rows = [("method", "paper", "year", "family", "needs")]
+    for name in METHODS:
+        info = CATALOGUE[name]
+        rows.append((name, info.paper, str(info.year), info.family, ", ".join(info.needs) or "-"))
+    print(aligned_table(rows))
+    print("\noptions of one method: selfsup train --method NAME --help")
     return 0
 
 
@@ -230,8 +281,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     folder in use (argparse's own errors too); 3 NaN/Inf loss; 4 the file system refused a read or write
     (read-only, full, permission, path too long, a file where a folder should be); 130 interrupted
     (Ctrl-C, SIGTERM), with the resume or re-run command."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(_method_asked_about(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     commands = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "preview": _cmd_preview,
+                "methods": _cmd_methods,
                 **DATA_COMMANDS, **HANDOFF_COMMANDS, **REPORTING_COMMANDS}
     try:
         return commands[args.command](args)
@@ -257,6 +309,19 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the training steps (loading data, evaluating)
         print(f"\nselfsup {args.command}: interrupted. {_again(args, argv)}", file=sys.stderr)
         return 130
+
+
+def _method_asked_about(argv: Sequence[str]) -> str | None:
+    """X in ``selfsup train --method X --help`` (the help then lists X's own options)."""
+    argv = list(argv)
+    if "train" not in argv or not {"-h", "--help"} & set(argv):
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _checkpoint_of(args: argparse.Namespace) -> Path | None:

@@ -18,7 +18,8 @@ without it.
 
 The vocabulary is built at the first training step, from the teacher's local features of that
 step's global batch (gathered from every process, so all processes run the same seeded k-means):
-Lloyd's k-means with Euclidean distances, ``kmeans_iterations`` iterations from a k-means++ seeding. It is a buffer, saved in checkpoints (a resumed run keeps it).
+Lloyd's k-means with Euclidean distances, ``kmeans_iterations`` iterations from a k-means++
+seeding. It is a buffer, saved in checkpoints (a resumed run keeps it).
 
 Defaults: K = 2048 words (the paper's CIFAR-100 vocabulary; ImageNet uses more), the teacher's
 conv4 (``teacher_stage`` 3 of a ResNet), the histogram (``bow_pool`` avg; ``max`` gives the

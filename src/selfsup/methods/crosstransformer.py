@@ -26,8 +26,8 @@ classification. The official trainer divides each gradient by its norm before Ad
 (``normalized_gradient_descent``); Adam is invariant to a constant gradient scale, and this
 implementation leaves gradients as they are. Small-image recipe (28-px Fashion-MNIST, CPU): the
 ResNet-18 small-image stem's last stage at its usual stride (4 x 4 maps; ``high_res`` gives 7 x 7 at
-~1.7x the cost), the same heads, 5-way 5-shot episodes (five base classes) and the lr on a cosine
-over a few hundred episodes.
+about twice the training time, measured), the same heads, 5-way 5-shot episodes (five base classes)
+and the lr on a cosine over a few hundred episodes.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ flip: no interpolation, so no low-level artefact gives the answer away (Sec. 2.2
 linear layer on the pooled backbone features (the paper's NIN and AlexNet heads end the network; on
 ResNets the usual choice, Kolesnikov et al. 2019, is a linear layer); ``head_hidden_dim`` > 0 inserts an
 MLP. The paper's finding (Table 1) is that an intermediate block's features are better for other tasks
-than the last block's, which is specialised to rotations: every evaluation can read any ResNet stage
-(``--eval-layer``).
+than the last block's, which is specialised to rotations: the evaluation reads any ResNet stage through
+``selfsup.models.encoder_at_stage`` (BENCHMARKS.md has the per-stage table).
 
 Defaults (official code, ``config/ImageNet_RotNet_AlexNet.py``): SGD with momentum 0.9 (Nesterov),
 lr 0.1 at batch 192 (x4 rotations; 0.13 x batch/256 here), weight decay 5e-4, no warm-up, the

@@ -60,7 +60,8 @@ from selfsup.train.checkpoint import atomic_save, safe_load
 from selfsup.train.distributed import pick_device
 
 __all__ = ["EPISODIC_METHODS", "EpisodicConfig", "train_fewshot", "load_fewshot_run", "fewshot_scores",
-           "base_training_images", "episode_batch", "build_episodic_method", "lr_at", "starting_encoder"]
+           "base_training_images", "episode_batch", "build_episodic_method", "lr_at", "starting_encoder",
+           "frozen_feature_maps"]
 
 EPISODIC_METHODS: dict[str, type[EpisodicMethod]] = {m.name: m for m in (ProtoNet, CrossTransformer)}
 SCHEDULES = ("step", "cosine")
@@ -301,6 +302,8 @@ def train_fewshot(config: EpisodicConfig | None = None, **options: Any) -> dict[
                "be novel here; pretrain with --holdout-classes covering them")
     all_classes = sorted(set(split.train.labels.unique().tolist()))
     base = [c for c in all_classes if c not in novel]
+    missing = sorted(set(novel) - set(all_classes))
+    _check(not missing, "holdout_classes", f"classes {missing} are not in {data!r} (classes {all_classes})")
     _check(len(novel) >= cfg.eval_ways, "holdout_classes", f"{cfg.eval_ways}-way test episodes need {cfg.eval_ways} "
            f"novel classes, got {novel}")
     _check(len(base) >= cfg.ways, "ways", f"{cfg.ways}-way training episodes need {cfg.ways} base classes; "
@@ -414,8 +417,8 @@ def _pool(split: DataSplit, classes: Sequence[int] | None, which: str = "all") -
     return images[keep], labels[keep]
 
 
-def _maps(encoder: nn.Module, images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
-          device: torch.device, chunk: int = 4096) -> torch.Tensor:
+def frozen_feature_maps(encoder: nn.Module, images: torch.Tensor, size: int, mean: Sequence[float],
+                        std: Sequence[float], device: torch.device, chunk: int = 4096) -> torch.Tensor:
     """Feature maps ``[N, C, H, W]`` of the frozen encoder, kept in float16 (they can be large)."""
     spatial, pre = SpatialEncoder(encoder), eval_preprocess(size, mean, std)
     shape = spatial(pre(images[:1].to(device))).shape[1:] if len(images) else ()
@@ -431,7 +434,7 @@ def _episode_scores(method: EpisodicMethod | None, encoder: nn.Module, images: t
     CrossTransformer, else Prototypical Networks on the frozen pooled features."""
     scores: dict[str, float] = {}
     if isinstance(method, CrossTransformer):
-        feats = _maps(encoder, images, size, mean, std, device)
+        feats = frozen_feature_maps(encoder, images, size, mean, std, device)
         run = lambda shot: crosstransformer_fewshot_eval(  # noqa: E731
             feats, labels, method.head, cfg.eval_ways, shot, cfg.eval_queries, cfg.eval_episodes, cfg.seed)
     else:
