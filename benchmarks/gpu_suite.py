@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from selfsup.data.sources import FASHION_MNIST_ENV, fashion_mnist_available
+from selfsup.data.sources import FASHION_MNIST_ENV, find_fashion_mnist
 from selfsup.runs import versions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -250,15 +250,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.fashion_mnist:
-        if not fashion_mnist_available(args.fashion_mnist):
+        found = find_fashion_mnist(args.fashion_mnist)
+        if found is None or found[1] != "root":  # that folder itself, not a copy found elsewhere
             raise SystemExit(f"--fashion-mnist: no Fashion-MNIST idx files in {args.fashion_mnist}")
-        os.environ[FASHION_MNIST_ENV] = str(Path(args.fashion_mnist).expanduser().absolute())  # no download, ever
     elif not args.smoke:
         raise SystemExit("--fashion-mnist DIR is required (the folder with Fashion-MNIST's idx files)")
     device = "cpu" if args.smoke else str(throughput.pick_device(args.device))
-    if not args.smoke and torch.device(device).type != "cuda":
-        print("warning: no CUDA device; the suite runs on the CPU and will skip most sections", file=sys.stderr)
+    if not args.smoke and torch.device(device).type != "cuda" and args.device == "auto":
+        raise SystemExit("no CUDA device: --smoke runs the suite's code on the CPU at tiny sizes "
+                         "(--device cpu runs the full sizes on the CPU: hours)")
     s = SMOKE if args.smoke else FULL
+    previous_env = os.environ.get(FASHION_MNIST_ENV)
+    if args.fashion_mnist:  # every loader in the suite reads this folder (and never downloads)
+        os.environ[FASHION_MNIST_ENV] = str(Path(args.fashion_mnist).expanduser().absolute())
     suite = Suite(args, argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="selfsup-gpu-suite-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -276,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   ESTIMATES["byol_fashion_mnist"])
     finally:
         torch.set_num_threads(threads)
+        if previous_env is None:
+            os.environ.pop(FASHION_MNIST_ENV, None)
+        else:
+            os.environ[FASHION_MNIST_ENV] = previous_env
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     suite.save()

@@ -275,7 +275,9 @@ def run_method(method: str, split: DataSplit, args: argparse.Namespace, librarie
     out: dict[str, Any] = {"settings": {
         "selfsup": {"recipe": resolved.recipe, "optimizer": resolved.optimizer, "lr": resolved.lr,
                     "weight_decay": resolved.weight_decay, "warmup_epochs": resolved.warmup_epochs,
-                    "precision": settings.precision, "channels_last": settings.channels_last,
+                    "precision": settings.precision,
+                    "channels_last": (device.type == "cuda" if settings.channels_last is None
+                                      else settings.channels_last),
                     "zero_init_residual": resolved.zero_init_residual,
                     "method_options": resolved.method_options,
                     "crop_scale": list(resolved.crop_scale)},

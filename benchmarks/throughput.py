@@ -30,12 +30,13 @@ Prints one JSON object (keys in ``RESULT_KEYS``); ``pipeline_efficiency`` = self
 
 ``--variant NAME:KEY=VALUE[,KEY=VALUE...]`` (repeatable) measures other settings in the same run,
 interleaved with the command's own ("base") round by round, so a change is judged by a ratio taken
-under the same load: ``variants[NAME]`` has its images/s per mode and ``ratio_to_base`` (median of
-the per-round ratios). Keys: ``precision`` (fp32, bf16), ``channels_last``, ``compile`` (true/false),
-``image_size`` and ``optimizer_impl`` (foreach, fused, for-loop: SGD/AdamW's implementation; LARS
-is foreach-only)::
+under the same load: ``variants[NAME]`` has its images/s per mode, ``ratio_to_base`` (median of
+the per-round ratios of images/s) and ``cpu_speedup_to_base`` (the same with the training process's
+CPU seconds per step, steadier on a shared machine). Keys: ``precision`` (fp32, bf16),
+``channels_last``, ``compile`` (true/false), ``image_size`` and ``optimizer_impl`` (foreach, fused,
+for-loop: SGD/AdamW's implementation; LARS is foreach-only)::
 
-    python benchmarks/throughput.py --modes model_bound,selfsup --rounds 3 --variant bf16:precision=bf16 \
+    python benchmarks/throughput.py --modes model_bound,selfsup --rounds 3 --variant bf16:precision=bf16 \\
         --variant nhwc:channels_last=true --variant 28px:image_size=28
 """
 
@@ -472,6 +473,10 @@ def _run(argv: list[str]) -> dict[str, Any]:
                                                                       for r in vr) for m in modes},
                 "ratio_to_base": {m: statistics.median(v[m]["images_per_second"] / b[m]["images_per_second"]
                                                        for v, b in zip(vr, rounds)) for m in modes},
+                # the same comparison in CPU time of the training process (steadier on a shared machine)
+                "cpu_speedup_to_base": {m: statistics.median(
+                    b[m]["process_cpu_seconds_per_step"] / v[m]["process_cpu_seconds_per_step"]
+                    for v, b in zip(vr, rounds)) for m in modes},
                 "per_round_images_per_second": [{m: r[m]["images_per_second"] for m in modes} for r in vr],
             }
     return result

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from selfsup.data.sources import FASHION_MNIST_FILES
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 LIGHTLY = importlib.util.find_spec("lightly") is not None  # the optional `bench` extra
@@ -54,8 +57,16 @@ def test_gpu_suite_needs_fashion_mnist_unless_smoke(tmp_path):
     suite = _load("gpu_suite")
     with pytest.raises(SystemExit, match="--fashion-mnist"):
         suite.main(["--out", str(tmp_path / "x.json")])
-    with pytest.raises(SystemExit, match="no Fashion-MNIST"):
+    with pytest.raises(SystemExit, match="no Fashion-MNIST"):  # that folder, even where another copy exists
         suite.main(["--fashion-mnist", str(tmp_path), "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
+    if not torch.cuda.is_available():  # the full sizes are refused on a CPU (they take hours there)
+        found = tmp_path / "fashion-mnist"
+        found.mkdir()
+        for stem in FASHION_MNIST_FILES.values():
+            (found / stem).touch()
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            suite.main(["--fashion-mnist", str(found), "--out", str(tmp_path / "x.json")])
 
 
 def test_peers_smoke_trains_alternately_and_scores_both_encoders():

@@ -340,3 +340,116 @@ def test_step_gradients_and_preview(name):
     for caption, images in panels:
         assert caption and images.shape[0] == 4 and images.shape[-2:] == (16, 16)
         assert images.min() >= 0 and images.max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The photos source
+
+
+def test_photo_crops_never_share_a_pixel_between_train_and_test():
+    from selfsup.data.photos import BLOCK, CROP, photo_crops
+
+    ids = torch.arange(192 * 300).view(1, 192, 300).expand(3, -1, -1)  # every pixel its own id
+    train, test = photo_crops(ids)
+    blocks = 3 * (300 // BLOCK)  # 3 x 4 blocks; (i + j) % 4 == 3 -> 3 of them are test blocks
+    assert train.shape == ((blocks - 3) * 25, 3, CROP, CROP) and test.shape == (3 * 25, 3, CROP, CROP)
+    assert not set(train[:, 0].flatten().tolist()) & set(test[:, 0].flatten().tolist())
+    assert torch.equal(test[0, 0], ids[0, 0:32, 192:224])  # block (0, 3), first crop
+
+
+def test_photos_source():
+    from selfsup.data.sources import load_data
+
+    split = load_data("photos")
+    assert split.train.images.shape == (2050, 3, 32, 32) and split.test.images.shape == (650, 3, 32, 32)
+    assert split.train.classes[:3] == ["china", "flower", "astronaut"] and len(split.train.classes) == 10
+    assert set(split.test.labels.tolist()) == set(range(10))
+    assert "scikit-image" in split.source
+
+
+# ---------------------------------------------------------------------------------------------
+# Short runs: the pretext task is learned and the encoder beats its random init's linear probe
+
+# method -> training settings (small-image recipe, seed given by the test, one thread). Held-out data:
+# the first EVAL_TEST images of the test split (Fashion-MNIST: 10,000; photos: 650 crops of held-out
+# blocks), scored by a linear probe trained on the run's training images.
+E2E: dict[str, dict] = {
+    "colorization": dict(data="photos", width=0.125, batch_size=64, epochs=3, zero_init_residual=True),
+    "inpainting": dict(data="fashion-mnist", subset=3000, width=0.125, batch_size=64, epochs=1,
+                       zero_init_residual=True),
+    "denoising_ae": dict(data="fashion-mnist", subset=3000, width=0.125, batch_size=64, epochs=1,
+                         zero_init_residual=True),
+    "mae": dict(data="fashion-mnist", subset=3000, backbone="vit_tiny", width=0.25, batch_size=64, epochs=1),
+}
+EVAL_TEST = 2000
+# method -> (linear-probe margin over the random-init encoder, pretext error / baseline error at most):
+# each at most half the gain measured with seeds 0 / 1 / 2 (BENCHMARKS.md, "Pretext and masked modelling").
+E2E_MARGIN: dict[str, tuple[float, float]] = {}
+
+
+def _held_out(split: DataSplit) -> DataSplit:
+    n = min(EVAL_TEST, len(split.test))
+    return DataSplit(train=split.train, test=split.test.select(torch.arange(n)), source=split.source)
+
+
+@torch.no_grad()
+def pretext_errors(method, images: torch.Tensor) -> tuple[float, float]:
+    """(the trained network's error, the error of the best input-independent guess) on held-out
+    ``images`` (normalised model inputs), with masks and noise drawn from a fixed seed.
+
+    colorization: cross-entropy of the predicted ab-bin distribution against the soft-encoded targets,
+    baseline: the smoothed distribution of the training pixels (predicting the prior everywhere);
+    inpainting: squared error on the hidden pixels, baseline: each image's mean visible colour;
+    denoising: squared error of the reconstruction against the clean image, baseline: the corrupted input;
+    MAE: the masked-patch loss (normalised pixels), baseline: predicting each patch's mean (0 after
+    normalisation)."""
+    method.eval()
+    rand = BatchRandom(123, 0, images.shape[0])
+    if isinstance(method, Colorization):
+        z, _ = method.targets(images)
+        logits, _ = method.logits(images)
+        model = -(z * logits.float().log_softmax(dim=1)).sum(1).mean()
+        prior = smoothed_distribution(method.ab_counts, method.bins.double()).float()
+        baseline = -(z * prior.clamp_min(1e-12).log().view(1, -1, 1, 1)).sum(1).mean()
+    elif isinstance(method, Inpainting):
+        hidden = method.hidden(images, rand)
+        _, reconstruction, _ = method.inpaint(images, hidden)
+        visible = (~hidden).float()
+        fill = (images * visible).sum((2, 3), keepdim=True) / visible.sum((2, 3), keepdim=True)
+        model = context_encoder_loss(reconstruction, images, hidden)
+        baseline = context_encoder_loss(fill.expand_as(images), images, hidden)
+    elif isinstance(method, DenoisingAE):
+        corrupted = method.corrupt(images, rand)
+        model = (method.denoise(corrupted) - images).pow(2).mean()
+        baseline = (corrupted - images).pow(2).mean()
+    else:
+        prediction, mask, _ = method.forward_masked(images, rand)
+        target = patchify(images, method.patch)
+        model = masked_patch_loss(prediction, target, mask)
+        baseline = masked_patch_loss(torch.zeros_like(prediction), target, mask)
+    return float(model), float(baseline)
+
+
+def train_and_score(name: str, seed: int, out: str) -> dict[str, float]:
+    """Train ``E2E[name]`` and score it: linear top-1 of the trained and the random-init encoder on held-out
+    images, and the pretext errors of :func:`pretext_errors` on 512 of them."""
+    from selfsup.config import TrainConfig, resolve
+    from selfsup.evaluation.frozen import evaluate_encoder
+    from selfsup.runs import load_run, load_split, merge_options, random_init_encoder
+    from selfsup.runs.train import train
+
+    settings = dict(E2E[name], method=name, seed=seed)
+    train(**settings, out=out, eval_after=False, progress=False)
+    run = load_run(out)
+    cfg = merge_options(TrainConfig(), settings)
+    split = _held_out(load_split(cfg))
+    size = run.resolved.image_size
+    random_init = random_init_encoder(cfg, resolve(cfg, size), split.train.channels)
+    learned = evaluate_encoder(run.encoder, split, size, run.mean, run.std, ["linear"], "cpu", seed)
+    floor = evaluate_encoder(random_init, split, size, run.mean, run.std, ["linear"], "cpu", seed)
+    from selfsup.evaluation.frozen import eval_preprocess
+
+    images = eval_preprocess(size, run.mean, run.std)(split.test.images[:512])
+    model, baseline = pretext_errors(run.method, images)
+    return {"linear_top1": learned["linear_top1"], "random_init_linear_top1": floor["linear_top1"],
+            "pretext_error": model, "pretext_baseline": baseline}

@@ -56,6 +56,25 @@ def test_vit_family_gets_patch_4_and_takes_any_input_size():
     assert _build("timm:test_vit", small_stem=False).patch_embed.patch_size == (16, 16)
 
 
+def test_subclasses_of_vit_get_the_small_patch_too():
+    deit = _build("timm:deit_tiny_distilled_patch16_224", small_stem=True, image_size=28)  # __init__(*args, **kw)
+    assert deit.patch_embed.patch_size == (4, 4) and deit.patch_embed.img_size == (28, 28)
+    assert deit(torch.randn(2, 1, 28, 28)).shape == (2, deit.feature_dim)
+
+
+def test_models_are_built_for_and_checked_at_the_run_image_size():
+    fixed = _build("timm:test_vit_relpos", small_stem=True, image_size=28)  # no dynamic_img_size: built for 28 px
+    assert fixed(torch.randn(2, 1, 28, 28)).shape == (2, fixed.feature_dim)
+    with pytest.raises(AssertionError, match="doesn't match model"):
+        _build("timm:test_vit_relpos", small_stem=True)(torch.randn(2, 1, 28, 28))  # 32 px without image_size
+    # too deep for 28 px (the meta-device run says so before any weight is made) or not buildable for it
+    with pytest.raises(TimmError, match=r"^--image-size: timm:densenet121 does not run on 28 x 28 images \(.*\); "):
+        _build("timm:densenet121", small_stem=True, image_size=28)
+    with pytest.raises(TimmError, match=r"^--backbone: timm:nest_tiny cannot be built for 28 x 28 images with "
+                                        r"img_size=28 \(AssertionError: .*\); try another --image-size$"):
+        _build("timm:nest_tiny", small_stem=True, image_size=28)
+
+
 def test_convnext_small_stem_is_stride_1():
     small, large = _build("timm:test_convnext", small_stem=True), _build("timm:test_convnext", small_stem=False)
     assert small.stem[0].stride == (1, 1) and large.stem[0].stride == (4, 4)
@@ -124,10 +143,14 @@ def test_valid_timm_backbones_pass_validation():
     validate(TrainConfig(backbone="timm:resnet50.a1_in1k"))  # a pretrained tag names the same architecture
 
 
-def test_cli_exits_2_with_one_line(capsys, monkeypatch):
+def test_cli_exits_2_with_one_line(capsys, monkeypatch, tmp_path):
     assert main(["train", "--backbone", "timm:resnt18", "--data", "digits", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "timm:resnet18" in err and "close matches" in err
+    out = tmp_path / "run"  # 8-px digits through a 32x-downsampling DenseNet: refused before training
+    assert main(["train", "--backbone", "timm:densenet121", "--data", "digits", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--image-size: timm:densenet121 does not run on 8 x 8 images" in err
     monkeypatch.setitem(sys.modules, "timm", None)  # timm not installed
     assert main(["train", "--backbone", "timm:test_resnet", "--data", "digits", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip()
@@ -145,7 +168,7 @@ def _info(**kwargs):
 
 
 def test_safetensors_round_trip_keeps_timm_keys(tmp_path, monkeypatch):
-    encoder = _build("timm:test_vit", small_stem=True).eval()
+    encoder = _build("timm:test_vit", small_stem=True, image_size=28).eval()  # as a 28-px run builds it
     info = _info(backbone="timm:test_vit", feature_dim=64)
     write_safetensors(encoder, info, tmp_path / "vit.safetensors")
     loaded = selfsup.load_encoder(tmp_path / "vit.safetensors")

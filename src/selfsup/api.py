@@ -55,7 +55,8 @@ def evaluate(run_dir: str | Path, protocol: str = "knn", data: str | None = None
     ``protocol``: knn, linear, linear-aug, finetune, semi:1%, semi:10% (any semi:P%), supervised,
     fewshot, transfer, or all (see ``selfsup.evaluation.protocols``). ``options`` are
     ``EvalOptions`` fields: ``epochs``, ``batch_size``, ``lr``, ``episodes``, ``ways``, ``shots``,
-    ``queries``, ``metric``, ``transfer_data``, ``seed``. Writes ``eval/<protocol>-<data>.json``
+    ``queries``, ``metric``, ``transfer_data``, ``seed``; ``layer`` (1-4) reads every encoder at that
+    ResNet stage, into ``eval/layerK/``. Writes ``eval/<protocol>-<data>.json``
     (``all``: every protocol's file and ``eval/summary-<data>.md`` / ``.json``) in the run folder
     and returns the same dict.
     """
@@ -83,15 +84,16 @@ def export(run_dir: str | Path, format: str = "safetensors", out: str | Path | N
 
 def embed(run_dir: str | Path, data: str | None = None, out: str | Path | None = None, split: str = "all",
           batch_size: int = 256, device: str = "auto", data_root: str | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, layer: int | None = None) -> dict[str, Any]:
     """Write the frozen encoder's embeddings of a whole dataset (``.npy``, ``.npz`` or ``.parquet``).
 
     ``data`` defaults to the run's (without ``subset``); ``split``: ``all`` (train then test rows),
     ``train`` or ``test``; rows are in dataset order with ``split``, ``index``, ``label``, ``class``,
     ``path`` and ``embedding`` columns. ``out`` defaults to ``RUN_DIR/embeddings/DATA.npy``.
+    ``layer`` (1-4): the pooled features of that ResNet stage instead of the encoder's output.
     """
     return embed_dataset(run_dir, data=data, out=out, split=split, batch_size=batch_size, device=device,
-                         data_root=data_root, progress=progress)
+                         data_root=data_root, progress=progress, layer=layer)
 
 
 def load_encoder(run_dir_or_file: str | Path, device: str = "cpu") -> nn.Module:

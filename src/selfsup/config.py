@@ -84,6 +84,7 @@ class TrainConfig:
     knn_every: int = 0  # epochs between kNN checks on the test split during training; 0: never
     eval_after: bool = True  # kNN + linear probe (and random-init / raw-pixel baselines) at the end
     baselines: bool = True  # with eval_after: also score a random-init encoder and raw pixels (off for sweeps)
+    eval_layer: int | None = None  # score the ResNet's stage 1-4 (pooled) at the end instead of its output
     eval_protocols: str = "knn,linear"  # the frozen protocols of eval_after (comma list; "knn" alone is ~2x faster)
     progress: bool = True
     resume: bool = False
@@ -153,6 +154,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(all(p in PROTOCOLS_FROZEN for p in protocols), "eval_protocols",
            f"must be a comma list of {', '.join(PROTOCOLS_FROZEN)}, got {cfg.eval_protocols!r}")
     _check(cfg.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
+    _check(cfg.eval_layer is None or 1 <= cfg.eval_layer <= 4, "eval_layer", "a ResNet stage: 1, 2, 3 or 4")
     _check(not (cfg.resume and cfg.overwrite), "resume", "cannot be combined with --overwrite")
     known = {f.name for f in dataclasses.fields(METHODS[cfg.method].Config)}
     for name in cfg.method_options:

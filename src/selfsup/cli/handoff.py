@@ -34,6 +34,8 @@ def add_parsers(sub: Any) -> None:
     em.add_argument("--batch-size", type=int, default=256)
     em.add_argument("--device", default="auto")
     em.add_argument("--data-root", default=None)
+    em.add_argument("--eval-layer", type=int, default=None, dest="layer",
+                    help="embed with the pooled features of this ResNet stage (1-4) instead of the output")
     em.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
 
@@ -47,7 +49,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     result = embed(args.run_dir, data=args.data, out=args.out, split=args.split, batch_size=args.batch_size,
-                   device=args.device, data_root=args.data_root, progress=args.progress)
+                   device=args.device, data_root=args.data_root, progress=args.progress, layer=args.layer)
     parts = ", ".join(f"{n} {k}" for k, n in result["splits"].items())
     print(f"wrote {result['path']}: {result['rows']} x {result['dim']} embeddings ({parts}) of {result['data']}")
     return 0

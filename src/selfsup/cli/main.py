@@ -158,6 +158,9 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     ev.add_argument("--metric", default=None, help="few-shot prototype distance: euclidean (default) or cosine")
     ev.add_argument("--transfer-data", default=None, help="transfer / cross-domain few-shot target inside all "
                                                           "(default: digits; fashion-mnist for a digits run)")
+    ev.add_argument("--eval-layer", type=int, default=None, dest="layer",
+                    help="read every encoder at this ResNet stage (1-4, pooled) instead of its output; results in "
+                         "RUN_DIR/eval/layerK/ (RotNet's best features are an intermediate stage's)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
@@ -230,7 +233,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "episodes", "ways", "shots", "queries",
                                              "metric", "transfer_data")}
     result = evaluate(args.run_dir, protocol=args.protocol, data=args.data, device=args.device,
-                      progress=args.progress, **options)
+                      progress=args.progress, layer=args.layer, **options)
     if result["protocol"] == "all":
         print(f"\nall protocols on {result['data']} ({result['test_images']} test images), "
               f"{result['seconds']:.0f} s; top-1 % (few-shot: mean ± 95% CI)")

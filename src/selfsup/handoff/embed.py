@@ -31,6 +31,7 @@ from selfsup.data.sources import data_slug, load_data
 from selfsup.evaluation.features import extract_features
 from selfsup.handoff.formats import ExportError, _load_source
 from selfsup.io import atomic_write
+from selfsup.models import encoder_at_stage
 from selfsup.runs import stored_config
 from selfsup.train.distributed import pick_device
 
@@ -45,8 +46,9 @@ def default_embed_out(run_dir: str | Path, data: str) -> Path:
 
 def embed_dataset(source: str | Path, data: str | None = None, out: str | Path | None = None,
                   split: str = "all", batch_size: int = 256, device: str = "auto",
-                  data_root: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Embed every image of ``data`` (default: the run's data, without its ``--subset``).
+                  data_root: str | None = None, progress: bool = True, layer: int | None = None) -> dict[str, Any]:
+    """Embed every image of ``data`` (default: the run's data, without its ``--subset``); ``layer``
+    (1-4): the pooled features of that ResNet stage.
 
     ``source`` is a run folder (or a ``.safetensors``/torchvision ``.pt`` export, then ``data`` is
     required). ``split``: ``all`` (train then test), ``train`` or ``test``. Returns a summary
@@ -55,6 +57,10 @@ def embed_dataset(source: str | Path, data: str | None = None, out: str | Path |
     out_path = _checked_options(split, batch_size, out)
     dev = pick_device(device)
     encoder, info = _load_source(source, device=str(dev))
+    try:
+        encoder = encoder_at_stage(encoder, layer)
+    except ValueError as e:
+        raise ExportError(str(e)) from e
     data, image_size, root = _data_to_embed(source, data, data_root)
     out_path = out_path or default_embed_out(source, data)
     start = time.perf_counter()
@@ -65,7 +71,7 @@ def embed_dataset(source: str | Path, data: str | None = None, out: str | Path |
                           f"{info.in_channels} channel(s)")
     embeddings, columns = _embed_parts(encoder, info.preprocess(), parts, batch_size, dev, progress)
     meta = {"encoder": info.to_dict(), "run": str(source), "data": data, "data_source": loaded.source,
-            "split": split, "preprocess": f"uint8/255, resize to {info.image_size}, (x - mean) / std"}
+            "split": split, "layer": layer, "preprocess": f"uint8/255, resize to {info.image_size}, (x - mean) / std"}
     _write(out_path, embeddings, columns, meta)
     return {"path": str(out_path), "rows": int(embeddings.shape[0]), "dim": int(embeddings.shape[1]),
             "data": data, "data_source": loaded.source, "split": split,

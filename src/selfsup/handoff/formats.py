@@ -169,7 +169,7 @@ def load_encoder(source: str | Path, device: str = "cpu") -> nn.Module:
 def _build(info: EncoderInfo) -> nn.Module:
     try:
         return build_backbone(info.backbone, width=info.width, in_channels=info.in_channels,
-                              small_stem=info.small_stem, norm=info.norm)
+                              small_stem=info.small_stem, norm=info.norm, image_size=info.image_size)
     except TimmError as e:
         raise ExportError(str(e)) from e
 

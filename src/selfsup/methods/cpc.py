@@ -19,10 +19,11 @@ statistics mix the patches of a batch, which lets the network see the rows it pr
 its affine parameters kept), predictions in several directions (``directions``: 1 top-down, 2 adds
 bottom-up, 4 adds both horizontal ones; each its own context network and projections, applied to
 the grid rotated by 0/180/90/270 degrees; the losses are averaged), and patch-based augmentation
-(each patch flipped, contrast/brightness-jittered and, on RGB data, colour-dropped: two of three
-channels set to the dataset mean, on its own; the paper also draws from AutoAugment's operations,
-which are not implemented). The random draws of the patch augmentation are made for the global
-batch from a seeded step counter, so one process and several see the same patches.
+(each patch on its own: flipped, contrast/brightness-jittered, the shift in units of the image's
+std, and on RGB data colour-dropped, two of three channels set to the dataset mean; the paper also
+draws from AutoAugment's operations, which are not implemented). The random draws of the patch
+augmentation are made for the global batch from a seeded step counter, so one process and several
+see the same patches.
 
 Grid (``grid`` patches per side, side ``patch_fraction`` x the image, evenly spaced): the paper cuts
 64-px patches with stride 32 from 256-px images, a 7 x 7 grid (``patch_fraction`` 0.25); the
@@ -123,16 +124,18 @@ def draw_patch_augmentation(shape: tuple[int, int, int], generator: torch.Genera
 
 
 def augment_patches(patches: torch.Tensor, draws: dict[str, torch.Tensor], flip_p: float, jitter_p: float,
-                    contrast: float, brightness: float, color_drop_p: float, fill: float = 0.0) -> torch.Tensor:
+                    contrast: float, brightness: float, color_drop_p: float, scale: torch.Tensor,
+                    fill: float = 0.0) -> torch.Tensor:
     """Each patch of ``[B, G, G, C, p, p]`` on its own: horizontal flip (``flip_p``); with ``jitter_p``
     a contrast factor in ``[1 - contrast, 1 + contrast]`` around the patch mean and a brightness shift
-    in ``[-brightness, brightness]`` (units of the input, normalised images: dataset stds); on 3-channel
-    patches, with ``color_drop_p``, every channel but one (uniform) set to ``fill`` (0: the dataset mean)."""
+    in ``[-brightness, brightness]`` x ``scale`` (``[B]``, the image's std: the same change on normalised
+    or [0, 1] images); on 3-channel patches, with ``color_drop_p``, every channel but one (uniform) set to
+    ``fill`` (0: the dataset mean of normalised images)."""
     b, g, _, c, _, _ = patches.shape
     d = {k: v[:b].to(device=patches.device, dtype=patches.dtype).view(b, g, g, 1, 1, 1) for k, v in draws.items()}
     x = torch.where(d["flip"] < flip_p, patches.flip(-1), patches)
     factor = 1 - contrast + 2 * contrast * d["contrast"]
-    shift = brightness * (2 * d["brightness"] - 1)
+    shift = brightness * (2 * d["brightness"] - 1) * scale.to(patches.dtype).view(b, 1, 1, 1, 1, 1)
     mean = x.mean(dim=(3, 4, 5), keepdim=True)
     x = torch.where(d["jitter"] < jitter_p, factor * (x - mean) + mean + shift, x)
     if c == 3 and color_drop_p > 0:
@@ -263,7 +266,8 @@ class CPC(Method):
         draws = draw_patch_augmentation((b * world_size(), c.grid, c.grid), generator)
         mine = {k: v[GlobalBatchRandom.local_rows(b)] for k, v in draws.items()}
         return augment_patches(extract_patches(x, patch, positions), mine, c.patch_flip_p, c.patch_jitter_p,
-                               c.patch_contrast, c.patch_brightness, c.patch_color_drop_p, fill)
+                               c.patch_contrast, c.patch_brightness, c.patch_color_drop_p,
+                               x.detach().flatten(1).std(dim=1), fill)
 
     def latents(self, patches: torch.Tensor) -> torch.Tensor:
         """Encoder features of every patch as a grid ``[B, D, G, G]``."""

@@ -45,6 +45,7 @@ from selfsup.methods.patches import (
     dropout,
     normalize_tiles,
     permutation_set,
+    resize_tiles,
 )
 
 
@@ -58,6 +59,7 @@ class JigsawConfig:
     tile_gap: int = 11
     tile_jitter: int = 5
     normalize_tiles: bool = True  # each tile to zero mean, unit std
+    tile_input_size: int = 0  # side the tiles are resized to (bilinear) before the encoder; 0: as cut
     grayscale_p: float = 0.3
     tile_dim: int = 1024  # fc6, per tile
     hidden_dim: int = 4096  # fc7
@@ -67,6 +69,8 @@ class JigsawConfig:
         if self.num_permutations < 2:
             raise ValueError(f"--num-permutations: at least 2, got {self.num_permutations}")
         GridLayout(self.tile_size, self.tile_gap, self.tile_jitter)  # raises on a bad layout
+        if self.tile_input_size < 0:
+            raise ValueError(f"--tile-input-size: must be >= 0 (0: as cut), got {self.tile_input_size}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--dropout: must be in [0, 1), got {self.dropout}")
 
@@ -116,7 +120,7 @@ class Jigsaw(Method):
     def logits(self, tiles: torch.Tensor, rand: BatchRandom) -> tuple[torch.Tensor, torch.Tensor]:
         """Permutation logits ``[B, |P|]`` of shuffled ``tiles`` and the tile features ``[B, 9, D]``."""
         b, k = tiles.shape[:2]
-        features = self.encoder(tiles.flatten(0, 1)).view(b, k, -1)
+        features = self.encoder(resize_tiles(tiles.flatten(0, 1), self.config.tile_input_size)).view(b, k, -1)
         per_tile = torch.relu(self.fc6(features)).flatten(1)  # [B, 9 * tile_dim], tiles in shuffled order
         p = self.config.dropout
         hidden = torch.relu(self.fc7(dropout(per_tile, p, rand, self.training)))

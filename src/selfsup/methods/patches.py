@@ -29,7 +29,6 @@ run continues the same stream.
 
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from selfsup import comm
@@ -122,8 +122,11 @@ class GridLayout:
         return self.grid * self.tile + (self.grid - 1) * self.gap + 2 * self.jitter
 
     def check(self, size: int, flags: str) -> None:
+        """Raise ``ConfigError`` (a ValueError: the CLI prints one line) when the grid does not fit ``size``."""
+        from selfsup.config import ConfigError  # here: selfsup.config imports the methods
+
         if self.span > size:
-            raise ValueError(f"{self.grid} x {self.grid} tiles of {self.tile} px, gap {self.gap}, jitter "
+            raise ConfigError(f"{self.grid} x {self.grid} tiles of {self.tile} px, gap {self.gap}, jitter "
                              f"{self.jitter} span {self.span} px, more than the {size}-px view; choose smaller "
                              f"{flags}")
 
@@ -158,12 +161,21 @@ def cut_tiles(images: torch.Tensor, positions: torch.Tensor, tile: int) -> torch
     return images.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 1, 4, 2, 3)  # [B, K, t, t, C] -> [B, K, C, t, t]
 
 
-def normalize_tiles(tiles: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def normalize_tiles(tiles: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
     """Each tile (the last three dims, C x H x W) to zero mean and unit std: the jigsaw paper's guard
-    against solving the puzzle from low-level statistics shared by neighbouring tiles."""
+    against solving the puzzle from low-level statistics shared by neighbouring tiles. The std is floored
+    at ``eps`` (inputs are normalised by the data's std, so 1/100 of it): a flat tile stays flat instead of
+    its rounding noise being amplified to unit std."""
     mean = tiles.mean(dim=(-3, -2, -1), keepdim=True)
     std = tiles.std(dim=(-3, -2, -1), keepdim=True, unbiased=False)
     return (tiles - mean) / std.clamp_min(eps)
+
+
+def resize_tiles(tiles: torch.Tensor, size: int) -> torch.Tensor:
+    """``tiles`` [N, C, t, t] resized to ``size`` (bilinear); unchanged for 0 or their own size."""
+    if size == 0 or size == tiles.shape[-1]:
+        return tiles
+    return F.interpolate(tiles, size=(size, size), mode="bilinear", align_corners=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from torch import nn
 from selfsup.data.views import ViewSpec
 from selfsup.methods.base import Method, StepOutput
 from selfsup.methods.losses import pretext_accuracy, pretext_classification_loss
-from selfsup.methods.patches import BatchRandom, GridLayout, StepRandom, cut_tiles
+from selfsup.methods.patches import BatchRandom, GridLayout, StepRandom, cut_tiles, resize_tiles
 from selfsup.models.norm import make_norm
 
 CENTRE = 4  # index of the centre patch on the 3 x 3 grid
@@ -60,12 +60,15 @@ class RelativePatchConfig:
     pixelation: bool = True
     pixelation_p: float = 1 / 3
     normalize_patches: bool = True
+    patch_input_size: int = 0  # side the patches are resized to (bilinear) before the encoder; 0: as cut
     patch_dim: int = 4096  # fc6, per patch
     hidden_dim: int = 4096  # fc7 and fc8
     head_norm: str = "batchnorm"
 
     def __post_init__(self) -> None:
         GridLayout(self.patch_size, self.patch_gap, self.patch_jitter)  # raises on a bad layout
+        if self.patch_input_size < 0:
+            raise ValueError(f"--patch-input-size: must be >= 0 (0: as cut), got {self.patch_input_size}")
         if not 0 <= self.pixelation_p <= 1:
             raise ValueError(f"--pixelation-p: must be in [0, 1], got {self.pixelation_p}")
 
@@ -93,8 +96,9 @@ def pixelate(patches: torch.Tensor, selected: torch.Tensor, sides: torch.Tensor)
     return out
 
 
-def normalize_patches(patches: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Each channel of each patch [N, C, p, p] to zero mean, then each patch to unit root mean square."""
+def normalize_patches(patches: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
+    """Each channel of each patch [N, C, p, p] to zero mean, then each patch to unit root mean square (floored
+    at ``eps``, 1/100 of the data's std, so that a flat patch stays flat)."""
     centred = patches - patches.mean(dim=(-2, -1), keepdim=True)
     rms = centred.pow(2).mean(dim=(-3, -2, -1), keepdim=True).sqrt()
     return centred / rms.clamp_min(eps)
@@ -157,7 +161,7 @@ class RelativePatch(Method):
         """Neighbour-position logits ``[B, 8]`` of (centre, neighbour) ``patches`` and the patch features
         ``[B, 2, D]``."""
         b = patches.shape[0]
-        features = self.encoder(patches.flatten(0, 1)).view(b, 2, -1)
+        features = self.encoder(resize_tiles(patches.flatten(0, 1), self.config.patch_input_size)).view(b, 2, -1)
         return self.head(self.fc6(features.flatten(0, 1)).view(b, -1)), features
 
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:

@@ -131,10 +131,12 @@ def encoder_at_stage(encoder: nn.Module, stage: int | None) -> nn.Module:
 
 def build_backbone(name: str = "resnet18", *, width: float = 1.0, in_channels: int = 3,
                    small_stem: bool = False, norm: str = "batchnorm", grad_checkpointing: bool = False,
-                   zero_init_residual: bool = False) -> nn.Module:
+                   zero_init_residual: bool = False, image_size: int | None = None) -> nn.Module:
     """Build a backbone by name; ``norm`` is one of ``NORMS`` (``groupnorm_ws`` also standardises convs).
 
-    ``timm:NAME`` builds timm's model NAME, untrained (models/timm_backbones.py says which options apply).
+    ``timm:NAME`` builds timm's model NAME, untrained (models/timm_backbones.py says which options apply);
+    ``image_size`` (the run's) is for timm models only: those whose class takes ``img_size`` are built for it,
+    and each is checked to run at that size.
 
     ``zero_init_residual`` (ResNets) sets the scale of each block's last norm layer to zero, so every
     block starts as its shortcut: Goyal et al. 2017's trick, in SimCLR's official ResNet (every block)
@@ -145,7 +147,8 @@ def build_backbone(name: str = "resnet18", *, width: float = 1.0, in_channels: i
     """
     if is_timm(name):
         return build_timm_backbone(name, width=width, in_channels=in_channels, small_stem=small_stem, norm=norm,
-                                   grad_checkpointing=grad_checkpointing, zero_init_residual=zero_init_residual)
+                                   grad_checkpointing=grad_checkpointing, zero_init_residual=zero_init_residual,
+                                   image_size=image_size)
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}, or timm:NAME")
     if grad_checkpointing and name in VIT_CONFIGS:

@@ -89,7 +89,7 @@ def build_method(cfg: TrainConfig, resolved: Resolved, in_channels: int, seed: i
     encoder = build_backbone(cfg.backbone, width=cfg.width, in_channels=in_channels,
                              small_stem=resolved.small_stem, norm=cfg.norm,
                              grad_checkpointing=cfg.grad_checkpointing,
-                             zero_init_residual=resolved.zero_init_residual)
+                             zero_init_residual=resolved.zero_init_residual, image_size=resolved.image_size)
     method_cls = METHODS[cfg.method]
     options = dict(resolved.method_options)
     if "head_norm" in options and cfg.norm != "batchnorm" and "head_norm" not in cfg.method_options:

@@ -11,6 +11,7 @@ from selfsup.config import ConfigError
 from selfsup.data.dataset import DataSplit
 from selfsup.data.sources import load_data, parse_class_list
 from selfsup.evaluation import protocols as P
+from selfsup.models import encoder_at_stage
 from selfsup.runs.build import default_init_differs, random_init_encoder
 from selfsup.runs.folder import Run, load_run
 from selfsup.runs.lock import run_folder_lock
@@ -18,8 +19,9 @@ from selfsup.train.distributed import pick_device
 
 
 def evaluate_run(run_dir: str | Path, protocol: str = "knn", data: str | None = None, device: str = "auto",
-                 progress: bool = True, **options: Any) -> dict[str, Any]:
-    """Run ``protocol`` on a run folder's encoder and baselines; writes ``eval/`` (see :func:`selfsup.api.evaluate`)."""
+                 progress: bool = True, layer: int | None = None, **options: Any) -> dict[str, Any]:
+    """Run ``protocol`` on a run folder's encoder and baselines; writes ``eval/`` (see :func:`selfsup.api.evaluate`).
+    ``layer``: every encoder read at that ResNet stage (pooled), results in ``eval/layerK/``."""
     try:
         protocol = P.check_protocol(protocol)
         opts = P.EvalOptions(**{k: v for k, v in options.items() if v is not None})
@@ -30,8 +32,11 @@ def evaluate_run(run_dir: str | Path, protocol: str = "knn", data: str | None = 
         raise ConfigError(str(e)) from e
     dev = pick_device(device)
     run = load_run(run_dir, device=str(dev))
-    setup = eval_setup(run, data, dev, progress)
-    eval_dir = Path(run_dir) / "eval"
+    try:
+        setup = eval_setup(run, data, dev, progress, layer)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    eval_dir = Path(run_dir) / "eval" / (f"layer{layer}" if layer else "")
     fresh = not eval_dir.exists()
     try:
         with run_folder_lock(run_dir, "selfsup eval"):
@@ -44,7 +49,7 @@ def evaluate_run(run_dir: str | Path, protocol: str = "knn", data: str | None = 
             eval_dir.rmdir()
 
 
-def eval_setup(run: Run, data: str | None, device: Any, progress: bool) -> P.EvalSetup:
+def eval_setup(run: Run, data: str | None, device: Any, progress: bool, layer: int | None = None) -> P.EvalSetup:
     """What the evaluator needs of a run: encoder, random-init factory, data loader, normalisation."""
     cfg = dataclasses.replace(run.config, progress=progress)
     channels = len(run.mean)
@@ -61,10 +66,11 @@ def eval_setup(run: Run, data: str | None, device: Any, progress: bool) -> P.Eva
             print(message, file=sys.stderr, flush=True)
 
     return P.EvalSetup(
-        encoder=run.encoder, load=load, run_data=cfg.data, data=data or cfg.data, channels=channels,
-        random_init=lambda: random_init_encoder(cfg, run.resolved, channels),
-        default_init=(lambda: random_init_encoder(cfg, run.resolved, channels, default_init=True))
-        if default_init_differs(run.resolved) else None,
+        encoder=encoder_at_stage(run.encoder, layer), load=load, run_data=cfg.data, data=data or cfg.data,
+        channels=channels,
+        random_init=lambda: encoder_at_stage(random_init_encoder(cfg, run.resolved, channels), layer),
+        default_init=(lambda: encoder_at_stage(random_init_encoder(cfg, run.resolved, channels, default_init=True),
+                                               layer)) if default_init_differs(run.resolved) else None,
         size=run.resolved.image_size, mean=run.mean, std=run.std, crop_scale=tuple(run.resolved.crop_scale),
         holdout_classes=parse_class_list(cfg.holdout_classes) if cfg.holdout_classes else (), seed=cfg.seed,
         device=device, progress=progress, log=log)

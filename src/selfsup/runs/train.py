@@ -17,6 +17,7 @@ from selfsup.evaluation.baselines import frozen_table
 from selfsup.evaluation.frozen import evaluate_encoder
 from selfsup.io import write_json_atomic
 from selfsup.methods import METHODS, Method
+from selfsup.models import encoder_at_stage
 from selfsup.runs.build import (
     build_method,
     channel_stats,
@@ -205,9 +206,11 @@ def _final_scores(method: Method, cfg: TrainConfig, resolved: Resolved, split: D
         random_init = random_init_encoder(cfg, resolved, split.train.channels)
         if default_init_differs(resolved):
             default_init = random_init_encoder(cfg, resolved, split.train.channels, default_init=True)
-    scores = frozen_table(method.encoder, eval_split, resolved.image_size, mean, std, device, cfg.seed,
-                          cfg.eval_protocols.split(","), random_init=random_init, default_init=default_init)
-    return {**scores, "test_images": len(eval_split.test)}
+    at_layer = [None if e is None else encoder_at_stage(e, cfg.eval_layer)
+                for e in (method.encoder, random_init, default_init)]
+    scores = frozen_table(at_layer[0], eval_split, resolved.image_size, mean, std, device, cfg.seed,
+                          cfg.eval_protocols.split(","), random_init=at_layer[1], default_init=at_layer[2])
+    return {**scores, "test_images": len(eval_split.test), "eval_layer": cfg.eval_layer}
 
 
 def knn_check(split: DataSplit, size: int, mean: list[float], std: list[float], device: torch.device,
