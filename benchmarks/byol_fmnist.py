@@ -27,13 +27,15 @@ SUMMARY_KEYS = ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_
 
 def run_protocol(method: str = "byol", recipe: str = "small", subset: int = 10000, epochs: int = 5,
                  batch_size: int = 256, width: float = 0.25, seed: int = 0, out: str = "runs/bench-byol-fmnist",
-                 baselines: bool = True) -> dict[str, Any]:
-    """Train ``method`` under the CPU protocol and return the benchmark's JSON record."""
-    summary = train(method=method, data="fashion-mnist", subset=subset, backbone="resnet18", width=width,
+                 baselines: bool = True, data: str = "fashion-mnist", backbone: str = "resnet18") -> dict[str, Any]:
+    """Train ``method`` under the CPU protocol and return the benchmark's JSON record (``data`` and
+    ``backbone`` for the methods that need others: colour images, a ViT; ``subset`` 0: every image)."""
+    summary = train(method=method, data=data, subset=subset or None, backbone=backbone, width=width,
                     epochs=epochs, batch_size=batch_size, recipe=recipe, seed=seed, out=out, overwrite=True,
                     progress=False, baselines=baselines)
     return {
-        "method": method, "recipe": recipe, "subset": subset, "epochs": epochs, "batch_size": batch_size,
+        "method": method, "data": data, "backbone": backbone,
+        "recipe": recipe, "subset": subset, "epochs": epochs, "batch_size": batch_size,
         "width": width, "seed": seed, **{k: summary[k] for k in SUMMARY_KEYS if k in summary},
         "final_std_scaled": summary["final_metrics"].get("std_scaled"),
         "final_rankme": summary["final_metrics"].get("rankme"),
@@ -53,9 +55,11 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-byol-fmnist")
+    parser.add_argument("--data", default="fashion-mnist")  # colorization: photos (with --subset 0)
+    parser.add_argument("--backbone", default="resnet18")  # MAE: vit_tiny
     args = parser.parse_args()
     record = run_protocol(args.method, args.recipe, args.subset, args.epochs, args.batch_size, args.width,
-                          args.seed, args.out)
+                          args.seed, args.out, data=args.data, backbone=args.backbone)
     print(json.dumps({"benchmark": "byol_fmnist", **record,
                       "command": " ".join([sys.executable.split('/')[-1], *sys.argv])}, indent=2))
 

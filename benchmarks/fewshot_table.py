@@ -29,14 +29,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from selfsup.train.episodic import train_fewshot
+from selfsup.runs.episodic import train_fewshot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
 from _common import comma_list  # noqa: E402
 
-# (row name, method, SimCLR-episode fraction)
-ROWS: dict[str, tuple[str, float]] = {"protonet": ("protonet", 0.0), "ctx": ("crosstransformer", 0.0),
-                                      "ctx_simclr": ("crosstransformer", 0.5)}
+# row name -> train_fewshot options; the first three are the table, the others the recipe checks
+ROWS: dict[str, dict[str, Any]] = {
+    "protonet": dict(method="protonet"),
+    "ctx": dict(method="crosstransformer"),
+    "ctx_simclr": dict(method="crosstransformer", simclr_episodes=0.5),
+    "protonet_step_lr": dict(method="protonet", schedule="step"),  # the paper's schedule: constant over 2000 episodes
+    "ctx_high_res": dict(method="crosstransformer", high_res=True),  # the paper's stride-16 last stage
+}
+TABLE_ROWS = ("protonet", "ctx", "ctx_simclr")
 INITS = ("scratch", "byol")
 DOMAINS = "digits,photos"
 BYOL_RUN = dict(method="byol", data="fashion-mnist", holdout_classes="5-9", subset=10000, width=0.25, epochs=5,
@@ -49,17 +55,24 @@ def _cell(r: dict[str, Any], key: str) -> str:
     return f"{100 * r[key]:.1f} ± {100 * r[key + '_ci95']:.1f}"
 
 
+def _collapse(r: dict[str, Any], key: str) -> str:
+    if key + "same_class" not in r:
+        return "-"
+    return f"{100 * r[key + 'same_class']:.1f} / {100 * r[key + 'base']:.1f}"
+
+
 def table(records: list[dict[str, Any]], domains: list[str]) -> str:
     """Markdown: one row per (init, method), the starting encoders first; accuracies in % with the 95% CI."""
     tags = [d.split(":")[0].replace("-", "_") for d in domains]
     head = ["init", "model", "novel 1-shot", "novel 5-shot"] + [f"{t} {k}-shot" for t in tags for k in (1, 5)] + \
-        ["NN own class", "NN base", "train s"]
+        ["NN own / base (backbone)", "NN own / base (value head)", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(init: str, model: str, r: dict[str, Any], prefix: str, seconds: str) -> str:
         cells = [init, model, _cell(r, f"{prefix}fewshot_5way_1shot"), _cell(r, f"{prefix}fewshot_5way_5shot")]
         cells += [_cell(r, f"{prefix}{t}_fewshot_5way_{k}shot") for t in tags for k in (1, 5)]
-        cells += [f"{100 * r[f'{prefix}collapse_same_class']:.1f}", f"{100 * r[f'{prefix}collapse_base']:.1f}", seconds]
+        cells += [_collapse(r, f"{prefix}collapse_"), _collapse(r, f"{prefix}value_collapse_") if not prefix else "-",
+                  seconds]
         return "| " + " | ".join(cells) + " |"
 
     for init in INITS:
@@ -78,7 +91,7 @@ def table(records: list[dict[str, Any]], domains: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--rows", default=",".join(TABLE_ROWS))
     parser.add_argument("--inits", default=",".join(INITS))
     parser.add_argument("--byol", default="/tmp/fs-byol", help="BYOL run folder (trained when absent)")
     parser.add_argument("--episodes", type=int, default=300, help="training episodes of every run")
@@ -100,15 +113,14 @@ def main() -> None:
         from selfsup.runs.train import train
         train(**BYOL_RUN, out=args.byol)
     for init in inits:
-        for i, name in enumerate(rows):
+        for name in rows:
             if (init, name) in done:
                 continue
-            method, simclr = ROWS[name]
             summary = train_fewshot(
-                method=method, simclr_episodes=simclr, init=args.byol if init == "byol" else None,
-                data="fashion-mnist", holdout_classes="5-9", width=0.25, episodes=args.episodes,
-                eval_episodes=args.eval_episodes, eval_pool=args.eval_pool, eval_data=",".join(domains),
-                eval_init=i == 0, seed=args.seed, out=str(out / f"{init}-{name}"), overwrite=True, progress=False)
+                **ROWS[name], init=args.byol if init == "byol" else None, data="fashion-mnist", holdout_classes="5-9",
+                width=0.25, episodes=args.episodes, eval_episodes=args.eval_episodes, eval_pool=args.eval_pool,
+                eval_data=",".join(domains), eval_init=name == "protonet", seed=args.seed,
+                out=str(out / f"{init}-{name}"), overwrite=True, progress=False)
             record = {"init_kind": init, "row": name, **summary}
             print(json.dumps(record), flush=True)
             records.append(record)

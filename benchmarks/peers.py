@@ -66,7 +66,7 @@ from selfsup.models import build_backbone
 from selfsup.runs import build_method, channel_stats, load_split, training_views, versions
 from selfsup.runs.train import loop_settings
 from selfsup.train import distributed as dist_train
-from selfsup.train.loop import fit
+from selfsup.train.loop import default_channels_last, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import comma_list  # noqa: E402
@@ -276,7 +276,7 @@ def run_method(method: str, split: DataSplit, args: argparse.Namespace, librarie
         "selfsup": {"recipe": resolved.recipe, "optimizer": resolved.optimizer, "lr": resolved.lr,
                     "weight_decay": resolved.weight_decay, "warmup_epochs": resolved.warmup_epochs,
                     "precision": settings.precision,
-                    "channels_last": (device.type == "cuda" if settings.channels_last is None
+                    "channels_last": (default_channels_last(device) if settings.channels_last is None
                                       else settings.channels_last),
                     "zero_init_residual": resolved.zero_init_residual,
                     "method_options": resolved.method_options,

@@ -32,9 +32,15 @@ Prints one JSON object (keys in ``RESULT_KEYS``); ``pipeline_efficiency`` = self
 interleaved with the command's own ("base") round by round, so a change is judged by a ratio taken
 under the same load: ``variants[NAME]`` has its images/s per mode, ``ratio_to_base`` (median of
 the per-round ratios of images/s) and ``cpu_speedup_to_base`` (the same with the training process's
-CPU seconds per step, steadier on a shared machine). Keys: ``precision`` (fp32, bf16),
-``channels_last``, ``compile`` (true/false), ``image_size`` and ``optimizer_impl`` (foreach, fused,
-for-loop: SGD/AdamW's implementation; LARS is foreach-only)::
+CPU seconds per step, steadier on a shared machine). Keys: ``precision`` (fp32, bf16, auto),
+``channels_last`` (true, false, auto), ``compile`` (true/false), ``image_size`` and ``optimizer_impl``
+(foreach, fused, for-loop: SGD/AdamW's implementation; LARS is foreach-only). Today's CPU default
+against the previous one (fp32, NCHW)::
+
+    python benchmarks/throughput.py --modes selfsup --rounds 3 --precision fp32 --no-channels-last \\
+        --variant default:precision=auto,channels_last=auto
+
+Other changes::
 
     python benchmarks/throughput.py --modes model_bound,selfsup --rounds 3 --variant bf16:precision=bf16 \\
         --variant nhwc:channels_last=true --variant 28px:image_size=28
@@ -102,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DataLoader workers of the standard pipeline (default: usable CPU count)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast on CUDA, fp32 elsewhere")
+                   help="auto (the training default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the method (compile time is in warm-up)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC model and inputs (default: on CUDA only, as the training loop)")
+                   help="NHWC model and inputs (default: on CUDA and CPU, as the training loop)")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute ResNet stages in backward")
     p.add_argument("--online-probe", action=argparse.BooleanOptionalAction, default=True,
                    help="the loop's online linear probe when the data is labeled (on by default, as in training)")
@@ -264,14 +270,16 @@ def parse_variant(parser: argparse.ArgumentParser, text: str) -> tuple[str, dict
         key = key.strip().replace("-", "_")
         if key not in VARIANT_KEYS or not eq:
             parser.error(f"--variant {text!r}: {item!r}; keys are {', '.join(VARIANT_KEYS)}")
-        if key in ("channels_last", "compile"):
+        if key == "channels_last" and value.lower() == "auto":
+            overrides[key] = None  # the training loop's default for the device
+        elif key in ("channels_last", "compile"):
             if value.lower() not in ("true", "false", "1", "0"):
                 parser.error(f"--variant {text!r}: {key} takes true or false")
             overrides[key] = value.lower() in ("true", "1")
         elif key == "image_size":
             overrides[key] = int(value)
-        elif key == "precision" and value not in ("fp32", "bf16"):
-            parser.error(f"--variant {text!r}: precision is fp32 or bf16")
+        elif key == "precision" and value not in ("fp32", "bf16", "auto"):
+            parser.error(f"--variant {text!r}: precision is fp32, bf16 or auto")
         elif key == "optimizer_impl" and value not in OPTIMIZER_IMPLS:
             parser.error(f"--variant {text!r}: optimizer_impl is one of {', '.join(OPTIMIZER_IMPLS)}")
         else:
@@ -287,7 +295,7 @@ def measure(mode: str, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[st
     method = build_method(cfg, resolved, images.shape[1])  # same seed: same initial weights in every mode
     views = training_views(method, resolved)
     dummy = torch.zeros((images.shape[0], images.shape[1], 1, 1), dtype=torch.uint8)  # no data cost
-    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    channels_last = loop.default_channels_last(device) if args.channels_last is None else args.channels_last
     loader, batches = None, {}
     if mode == "selfsup":
         source, train_images = None, images
@@ -386,7 +394,7 @@ def _run(argv: list[str]) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = args.precision if args.precision != "auto" else ("bf16" if loop.native_bf16(device) else "fp32")
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     variants = [parse_variant(build_parser(), text) for text in args.variant]
@@ -397,7 +405,7 @@ def _run(argv: list[str]) -> dict[str, Any]:
     others = []
     for name, overrides in variants:
         vargs = argparse.Namespace(**{**vars(args), **overrides})
-        vprecision = vargs.precision if vargs.precision != "auto" else precision
+        vprecision = vargs.precision if vargs.precision != "auto" else ("bf16" if loop.native_bf16(device) else "fp32")
         others.append((name, overrides, vargs, _context(vargs, device, vprecision)))
 
     rounds: list[dict[str, dict[str, float]]] = []
@@ -428,7 +436,8 @@ def _run(argv: list[str]) -> dict[str, Any]:
                      "batch_size": args.batch_size, "image_size": args.image_size, "channels": images.shape[1],
                      "data": source, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
                      "num_workers": args.num_workers, "precision": precision, "compile": args.compile,
-                     "channels_last": device.type == "cuda" if args.channels_last is None else args.channels_last,
+                     "channels_last": (loop.default_channels_last(device) if args.channels_last is None
+                                       else args.channels_last),
                      "grad_checkpointing": args.grad_checkpointing, "recipe": resolved.recipe,
                      "optimizer": resolved.optimizer, "log_every": cfg.log_every,
                      "online_probe": bool(args.online_probe and labels is not None),

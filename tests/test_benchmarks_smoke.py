@@ -105,3 +105,24 @@ def test_throughput_variants_are_measured_beside_the_base():
             v["images_per_second"]["selfsup"] / result["images_per_second"]["selfsup"])  # one round
     with pytest.raises(SystemExit):
         bench.main(["--smoke", "--variant", "bad:colour=red"])
+
+
+def test_cpu_training_defaults_stay_fp32_nchw_and_the_cheaper_step_is_opt_in():
+    """precision=auto is fp32 and channels_last=None is NCHW on the CPU (the measured cheaper step, bf16 +
+    NHWC, is opt-in); native_bf16 tells where --precision bf16 is native."""
+    from selfsup.config import TrainConfig, resolve
+    from selfsup.runs.train import loop_settings
+    from selfsup.train.distributed import DistInfo
+    from selfsup.train.loop import default_channels_last, native_bf16
+
+    cpu = torch.device("cpu")
+    native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    assert native_bf16(cpu) == native and native_bf16(torch.device("cuda")) and not native_bf16(torch.device("meta"))
+    cfg = TrainConfig(width=0.0625, batch_size=8, image_size=12)
+    settings = loop_settings(cfg, resolve(cfg, 12), DistInfo(device=cpu))
+    assert settings.precision == "fp32"
+    assert settings.channels_last is None and not default_channels_last(cpu) and default_channels_last(
+        torch.device("cuda"))
+    explicit = TrainConfig(width=0.0625, batch_size=8, image_size=12, precision="fp32", channels_last=False)
+    settings = loop_settings(explicit, resolve(explicit, 12), DistInfo(device=cpu))
+    assert settings.precision == "fp32" and settings.channels_last is False

@@ -22,15 +22,16 @@ from selfsup.evaluation.fewshot import (
     sample_episode,
 )
 from selfsup.methods.crosstransformer import CrossTransformer
+from selfsup.methods.crosstransformer_head import CrossTransformerHead, dilate_last_stage, spatial_features
 from selfsup.methods.losses import prototypical_logits
 from selfsup.methods.protonet import ProtoNet
 from selfsup.models import build_backbone
-from selfsup.models.crosstransformer import CrossTransformerHead, dilate_last_stage, spatial_features
-from selfsup.train.episodic import (
+from selfsup.runs.episodic import (
     EpisodicConfig,
     base_training_images,
     build_episodic_method,
     episode_batch,
+    evaluate_fewshot_run,
     frozen_feature_maps,
     load_fewshot_run,
     lr_at,
@@ -367,16 +368,19 @@ def test_crosstransformer_with_simclr_episodes_learns_few_shot_classification(tm
     5-way 5-shot accuracy on held-out test images of the base classes, trained vs the same initialisation.
     Measured gains (2026-12-02, seeds 0/1/2): +0.34 / +0.11 / +0.25; the margin is under half the smallest."""
     options = dict(method="crosstransformer", data="digits", holdout_classes="5-9", image_size=16, width=0.125,
-                   high_res=True, key_dim=32, value_dim=32, episodes=30, simclr_episodes=0.5, eval_episodes=100,
-                   eval_pool="test", collapse_queries=50, eval_init=False, seed=0, out=str(tmp_path / "ctx"),
+                   high_res=True, key_dim=32, value_dim=32, episodes=30, simclr_episodes=0.5, eval_episodes=50,
+                   eval_pool="test", collapse_queries=30, eval_init=False, seed=0, out=str(tmp_path / "ctx"),
                    progress=False)
     summary = train_fewshot(**options)
     assert summary["simclr_episodes_done"] > 5 and summary["base_classes"] == [0, 1, 2, 3, 4]
     for shot in (1, 5):
         assert 0.2 < summary[f"fewshot_5way_{shot}shot"] <= 1 and summary[f"fewshot_5way_{shot}shot_ci95"] > 0
-    assert summary["collapse_same_class"] + summary["collapse_other_novel"] + summary["collapse_base"] == \
-        pytest.approx(1.0)
-    assert (tmp_path / "ctx" / "collapse.png").exists()
+    for key in ("collapse_", "value_collapse_"):
+        assert summary[key + "same_class"] + summary[key + "other_novel"] + summary[key + "base"] == \
+            pytest.approx(1.0)
+    assert (tmp_path / "ctx" / "collapse.png").exists() and (tmp_path / "ctx" / "collapse-value.png").exists()
+    again = evaluate_fewshot_run(tmp_path / "ctx", device="cpu", eval_shots="5", collapse_queries=0)
+    assert again == {k: summary[k] for k in ("fewshot_5way_5shot", "fewshot_5way_5shot_ci95")}  # reloaded: the same
 
     trained, settings = load_fewshot_run(tmp_path / "ctx")
     r = settings["resolved"]

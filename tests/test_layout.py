@@ -12,8 +12,8 @@ from pathlib import Path
 import selfsup
 
 PACKAGE = Path(selfsup.__file__).parent
-LAYERS = [("io", "seeds", "schedules", "comm", "errors"), ("data",), ("models",), ("methods",), ("train",), ("evaluation",),
-          ("config",), ("runs",), ("reporting", "handoff"), ("api",), ("cli", "__main__")]
+LAYERS = [("io", "seeds", "schedules", "comm", "errors"), ("data",), ("models",), ("methods",), ("train",),
+          ("evaluation",), ("config",), ("runs",), ("reporting", "handoff"), ("api",), ("cli", "__main__")]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 

@@ -105,9 +105,9 @@ def load_encoder(run_dir_or_file: str | Path, device: str = "cpu") -> nn.Module:
 
 def preview(data: str = "fashion-mnist", out: str | Path = "preview.png", method: str = "byol",
             image_size: int | None = None, recipe: str = "auto", crop_scale_min: float | None = None,
-            n: int = 8, seed: int = 0, data_root: str | None = None) -> Path:
-    """Write a PNG grid of images and the views ``method`` would train on."""
-    cfg = TrainConfig(method=method, data=data, image_size=image_size, recipe=recipe,
+            n: int = 8, seed: int = 0, data_root: str | None = None, backbone: str = "resnet18") -> Path:
+    """Write a PNG grid of images and the views ``method`` would train on (``backbone``: MAE needs a ViT)."""
+    cfg = TrainConfig(method=method, data=data, image_size=image_size, recipe=recipe, backbone=backbone,
                       crop_scale_min=crop_scale_min, seed=seed, data_root=data_root, progress=False)
     validate(cfg)
     split = load_split(cfg)

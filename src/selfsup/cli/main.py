@@ -58,8 +58,8 @@ _HELP = {
     "small_stem": "3x3 stride-1 stem without max-pool (default: on for images <= 64 px)",
     "grad_checkpointing": "recompute each ResNet stage during backward instead of storing its activations "
                           "(less GPU memory for large backbones/images, about one extra forward of compute)",
-    "channels_last": "NHWC (channels-last) model and inputs (default: on CUDA only; on the CPU opt-in, "
-                     "about 15 percent faster for ResNets; results differ from NCHW by float rounding)",
+    "channels_last": "NHWC (channels-last) model and inputs (default: on CUDA only; on the CPU opt-in, about 1.3x "
+                     "cheaper ResNet steps; results differ from NCHW by float rounding)",
     "devices": "train on N processes (N GPUs of this machine, or N CPU processes), started through torchrun; "
                "--batch-size stays the global batch",
     "baselines": "at the end, also score a random-init encoder of the same architecture and raw pixels "
@@ -182,6 +182,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     pv.add_argument("-n", type=int, default=8)
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("--data-root", default=None)
+    pv.add_argument("--backbone", default="resnet18", help="the network whose panels are shown (MAE: vit_tiny)")
 
     add_data_parsers(sub)  # convert
     add_handoff_parsers(sub)  # export, embed
@@ -258,7 +259,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 def _cmd_preview(args: argparse.Namespace) -> int:
     path = preview(data=args.data, out=args.out, method=args.method, image_size=args.image_size,
                    recipe=args.recipe, crop_scale_min=args.crop_scale_min, n=args.n, seed=args.seed,
-                   data_root=args.data_root)
+                   data_root=args.data_root, backbone=args.backbone)
     print(f"wrote {path}")
     return 0
 

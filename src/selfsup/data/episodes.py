@@ -33,10 +33,44 @@ from dataclasses import dataclass, replace
 import torch
 
 from selfsup.data.views import ViewSpec
-from selfsup.evaluation.fewshot import Episode, sample_episode
 
 __all__ = ["Episode", "EpisodeSpec", "EpisodeSampler", "SimCLREpisode", "base_and_novel", "simclr_episode",
            "simclr_episode_views"]
+
+
+@dataclass
+class Episode:
+    """Indices into the pool and episode-local labels ``0..n_way-1`` (``classes[i]`` is label ``i``)."""
+
+    classes: list[int]
+    support: torch.Tensor
+    support_labels: torch.Tensor
+    query: torch.Tensor
+    query_labels: torch.Tensor
+
+
+
+def sample_episode(labels: torch.Tensor, n_way: int, k_shot: int, n_query: int,
+                   generator: torch.Generator, classes: Sequence[int] | None = None) -> Episode:
+    """One episode from ``labels`` (of the pool), restricted to ``classes`` when given."""
+    labels = labels.long().cpu()
+    pool = sorted(int(c) for c in (classes if classes is not None else labels.unique().tolist()))
+    if n_way < 2 or k_shot < 1 or n_query < 1:
+        raise ValueError("need n_way >= 2, k_shot >= 1, n_query >= 1")
+    if len(pool) < n_way:
+        raise ValueError(f"{n_way}-way episodes need {n_way} classes, only {len(pool)} available")
+    chosen = [pool[i] for i in torch.randperm(len(pool), generator=generator)[:n_way].tolist()]
+    support, query = [], []
+    for c in chosen:
+        members = (labels == c).nonzero().squeeze(1)
+        if len(members) < k_shot + n_query:
+            raise ValueError(f"class {c} has {len(members)} images; an episode needs {k_shot + n_query}")
+        pick = members[torch.randperm(len(members), generator=generator)[:k_shot + n_query]]
+        support.append(pick[:k_shot])
+        query.append(pick[k_shot:])
+    local = torch.arange(n_way)
+    return Episode(classes=chosen, support=torch.cat(support), support_labels=local.repeat_interleave(k_shot),
+                   query=torch.cat(query), query_labels=local.repeat_interleave(n_query))
 
 
 @dataclass(frozen=True)

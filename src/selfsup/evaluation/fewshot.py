@@ -27,21 +27,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from selfsup.data.episodes import Episode, sample_episode
+
 __all__ = ["Episode", "FewShotResult", "sample_episode", "prototypes", "prototype_logits", "episode_accuracy",
            "mean_ci95", "fewshot_eval", "METRICS", "episodic_eval", "crosstransformer_fewshot_eval"]
 
 METRICS = ("euclidean", "cosine")
-
-
-@dataclass
-class Episode:
-    """Indices into the pool and episode-local labels ``0..n_way-1`` (``classes[i]`` is label ``i``)."""
-
-    classes: list[int]
-    support: torch.Tensor
-    support_labels: torch.Tensor
-    query: torch.Tensor
-    query_labels: torch.Tensor
 
 
 @dataclass
@@ -56,29 +47,6 @@ class FewShotResult:
     k_shot: int
     n_query: int
     metric: str
-
-
-def sample_episode(labels: torch.Tensor, n_way: int, k_shot: int, n_query: int,
-                   generator: torch.Generator, classes: Sequence[int] | None = None) -> Episode:
-    """One episode from ``labels`` (of the pool), restricted to ``classes`` when given."""
-    labels = labels.long().cpu()
-    pool = sorted(int(c) for c in (classes if classes is not None else labels.unique().tolist()))
-    if n_way < 2 or k_shot < 1 or n_query < 1:
-        raise ValueError("need n_way >= 2, k_shot >= 1, n_query >= 1")
-    if len(pool) < n_way:
-        raise ValueError(f"{n_way}-way episodes need {n_way} classes, only {len(pool)} available")
-    chosen = [pool[i] for i in torch.randperm(len(pool), generator=generator)[:n_way].tolist()]
-    support, query = [], []
-    for c in chosen:
-        members = (labels == c).nonzero().squeeze(1)
-        if len(members) < k_shot + n_query:
-            raise ValueError(f"class {c} has {len(members)} images; an episode needs {k_shot + n_query}")
-        pick = members[torch.randperm(len(members), generator=generator)[:k_shot + n_query]]
-        support.append(pick[:k_shot])
-        query.append(pick[k_shot:])
-    local = torch.arange(n_way)
-    return Episode(classes=chosen, support=torch.cat(support), support_labels=local.repeat_interleave(k_shot),
-                   query=torch.cat(query), query_labels=local.repeat_interleave(n_query))
 
 
 def prototypes(support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
@@ -162,7 +130,7 @@ def crosstransformer_fewshot_eval(feature_maps: torch.Tensor, labels: torch.Tens
                                   seed: int = 0, classes: Sequence[int] | None = None) -> FewShotResult:
     """CrossTransformer few-shot evaluation (Doersch et al. 2020): ``feature_maps`` ``[N, C, H, W]`` of the
     frozen backbone (any float dtype), ``head(support_maps, support_labels, query_maps, n_way)`` the trained
-    :class:`selfsup.models.crosstransformer.CrossTransformerHead`; episodes as :func:`fewshot_eval`'s."""
+    :class:`selfsup.methods.crosstransformer_head.CrossTransformerHead`; episodes as :func:`fewshot_eval`'s."""
     if feature_maps.shape[0] != labels.shape[0]:
         raise ValueError("feature maps and labels have different lengths")
     was_training = head.training

@@ -7,6 +7,7 @@ calls its hooks (``on_epoch_start``, ``on_batch_start``, ``before_optimizer_step
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from selfsup.data.views import ViewSpec, byol_views
+from selfsup.errors import ConfigError
 
 
 @dataclass
@@ -120,3 +122,19 @@ def predictor_lr_groups(method: nn.Module, predictor: nn.Module | None,
     if predictor_params:
         groups.append({"params": predictor_params, "lr_multiplier": predictor_lr_multiplier})
     return groups
+
+
+# How a method that reads another trained run (BoWNet's teacher) loads that run's encoder. Set by
+# selfsup.runs, the layer that knows run folders, so that methods never import it.
+_RUN_ENCODER_LOADER: list[Callable[[str], nn.Module]] = []
+
+
+def set_run_encoder_loader(loader: Callable[[str], nn.Module]) -> None:
+    _RUN_ENCODER_LOADER[:] = [loader]
+
+
+def load_run_encoder(run_dir: str) -> nn.Module:
+    """The trained backbone of the run folder ``run_dir`` (through the loader ``selfsup.runs`` sets)."""
+    if not _RUN_ENCODER_LOADER:
+        raise ConfigError(f"{run_dir}: loading a run folder needs selfsup.runs (import selfsup.runs first)")
+    return _RUN_ENCODER_LOADER[0](run_dir)

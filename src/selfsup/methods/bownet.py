@@ -39,9 +39,11 @@ from torch import nn
 
 from selfsup.comm import gather_no_grad
 from selfsup.data.views import ViewSpec
-from selfsup.methods.base import Method, StepOutput
+from selfsup.errors import ConfigError
+from selfsup.methods.base import Method, StepOutput, load_run_encoder
 from selfsup.methods.losses import bag_of_words, bow_cross_entropy, hard_assignment, squared_distances
 from selfsup.methods.momentum import frozen_copy
+from selfsup.models import ResNetBackbone
 
 RANDOM_TEACHER = "random"
 
@@ -129,13 +131,10 @@ def teacher_view(size: int) -> ViewSpec:
 
 def load_teacher(run_dir: str, in_channels: int) -> nn.Module:
     """The backbone of a selfsup run folder, frozen, in eval mode; checked to be a ResNet of ``in_channels``."""
-    from selfsup.config import ConfigError
-    from selfsup.models import ResNetBackbone
-    from selfsup.runs import load_run  # imported here: selfsup.runs imports the methods
 
     try:
         with torch.random.fork_rng(devices=[]):  # building a run seeds the global generator
-            encoder = load_run(run_dir).encoder
+            encoder = load_run_encoder(run_dir)
     except ConfigError as e:
         raise ConfigError(f"--teacher-run: {e}") from e
     if not isinstance(encoder, ResNetBackbone):
@@ -153,8 +152,8 @@ class BoWNet(Method):
     name = "bownet"
     Config = BoWNetConfig
     OPTIMIZER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 0}
-    SMALL_IMAGE_RECIPE = {"num_words": 256}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 1}
+    SMALL_IMAGE_RECIPE = {"num_words": 64}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.4, "weight_decay": 5e-4, "warmup_epochs": 1}
 
     def __init__(self, encoder: nn.Module, config: BoWNetConfig) -> None:
         super().__init__(encoder, config)

@@ -15,7 +15,7 @@ position per image (``H = W = 1``) and one shot, or with keys that do not vary, 
 mean of the values and this is a Prototypical Network on ``Lambda Phi``.
 
 **SimCLR episodes** (Sec. 4), the paper's fix for supervision collapse, are a property of the
-episodes, not of the network: ``simclr_episodes=0.5`` of :mod:`selfsup.train.episodic` (any
+episodes, not of the network: ``simclr_episodes=0.5`` of :mod:`selfsup.runs.episodic` (any
 episodic method takes them; see :mod:`selfsup.data.episodes`).
 
 Defaults (Sec. 5 and the official Meta-Dataset configuration ``crosstransformer_imagenet.gin``):
@@ -25,9 +25,10 @@ Meta-Dataset's variable-way, variable-shot episodes, a backbone initialised from
 classification. The official trainer divides each gradient by its norm before Adam
 (``normalized_gradient_descent``); Adam is invariant to a constant gradient scale, and this
 implementation leaves gradients as they are. Small-image recipe (28-px Fashion-MNIST, CPU): the
-ResNet-18 small-image stem's last stage at its usual stride (4 x 4 maps; ``high_res`` gives 7 x 7 at
-about twice the training time, measured), the same heads, 5-way 5-shot episodes (five base classes)
-and the lr on a cosine over a few hundred episodes.
+ResNet-18 small-image stem's last stage at its usual stride (4 x 4 maps; ``high_res`` gives 7 x 7 and
+was measured 1.5 points better on novel Fashion-MNIST classes after 200 episodes from BYOL, 48.4 / 68.9%
+vs 46.9 / 67.5% at 1- / 5-shot, for 1.6-2x the training time), the same heads, 5-way 5-shot episodes
+(five base classes) and the lr on a cosine over a few hundred episodes.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from selfsup.methods.crosstransformer_head import CrossTransformerHead, dilate_last_stage, spatial_features
 from selfsup.methods.protonet import EpisodicMethod
-from selfsup.models.crosstransformer import CrossTransformerHead, dilate_last_stage, spatial_features
 
 
 @dataclass
@@ -70,6 +71,11 @@ class CrossTransformer(EpisodicMethod):
     def feature_maps(self, images: torch.Tensor) -> torch.Tensor:
         """The backbone's last feature map ``[B, C, H, W]``, not pooled."""
         return spatial_features(self.encoder, images)
+
+    def value_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, d_v]``: the value head's output averaged over positions (what the distances compare), for
+        the nearest-neighbour analysis in the classifier's own space."""
+        return self.head.value(self.feature_maps(images)).mean(dim=(2, 3))
 
     def logits(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,
                n_way: int) -> torch.Tensor:

@@ -16,8 +16,10 @@ The paper stacks one-hidden-layer autoencoders on 28-px MNIST variants and picks
 fraction nu among 10%, 25%, 40% by validation (Table 1): 25% is the default here. Encoder: the run's
 backbone; decoder: up-convolutions from its last feature map to the full resolution
 (``models/decoders.py``). The paper trains by plain SGD; here AdamW lr 1e-3 x batch/256 (the paper's
-per-layer MLP learning rates do not carry over to a ResNet), and the small-image recipe is measured in
-BENCHMARKS.md.
+per-layer MLP learning rates do not carry over to a ResNet). Small-image recipe (28-32 px, CPU-sized):
+AdamW lr 1.6e-2 x batch/256, weight decay 1e-4, no warm-up: on Fashion-MNIST, one epoch of 3,000
+images, the linear probe gained 5, 12, 17 and 19 points over the random-init encoder at 2e-3, 8e-3,
+1.6e-2 and 3.2e-2 (BENCHMARKS.md); 1.6e-2 keeps the batch-256 protocol's lr at a size AdamW trains with.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class DenoisingAE(Method):
     Config = DenoisingAEConfig
     INPUT_NORMALIZATION: ClassVar[tuple[float, float]] = (0.0, 1.0)  # pixels in [0, 1], as the paper
     OPTIMIZER = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "warmup_epochs": 0}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "warmup_epochs": 1}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "adamw", "lr": 1.6e-2, "weight_decay": 1e-4, "warmup_epochs": 0}
 
     def __init__(self, encoder: nn.Module, config: DenoisingAEConfig) -> None:
         super().__init__(encoder, config)

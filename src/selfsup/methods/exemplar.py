@@ -28,7 +28,10 @@ Defaults (paper Sec. 3): N = 8000 surrogate classes of 32-px patches in the NIPS
 in the TPAMI paper); a fully connected layer of 512 units before the N-way softmax; SGD with momentum
 0.9, lr 0.01; the transformations above.
 Small-image recipe (Fashion-MNIST 28 px, CPU-sized; BENCHMARKS.md): the same head and transformations,
-two views per image, SGD lr 0.1 x batch/256, weight decay 5e-4.
+two views per image, SGD lr 1.0 x batch/256, weight decay 5e-4 (one epoch of 5,000 images, batch 64,
+ResNet-18 width 0.25: linear probe 72.0% at lr 0.4, 76.2% at lr 1.0; random init 70.5%). Each image is
+one class among N and is seen once per epoch, so a short run barely learns the instance task itself; the
+encoder still gains from the transformations it must see through.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ class Exemplar(Method):
     Config = ExemplarConfig
     OPTIMIZER = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4, "warmup_epochs": 0}
     SMALL_IMAGE_RECIPE: dict = {}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 0}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 5e-4, "warmup_epochs": 0}
 
     def __init__(self, encoder: nn.Module, config: ExemplarConfig) -> None:
         super().__init__(encoder, config)

@@ -10,7 +10,8 @@ The network sees the tiles in the order of a permutation drawn from the set P an
 permutation: ``shuffled[i] = tiles[p[i]]``. The guards against shortcuts (Sec. 3.2): gaps between
 the tiles and a random shift of each tile inside its cell (no continuation of edges across tile
 borders), each tile normalised by its own mean and std (no matching of low-level statistics), and
-30% grayscale images (the colour channels' aberration). P is chosen by the paper's greedy algorithm
+grayscale images beside colour ones against the colour channels' aberration (``grayscale_p``, 0.3
+here). P is chosen by the paper's greedy algorithm
 (Algorithm 1: each new permutation maximises the summed Hamming distance to those chosen), cached
 under ``~/.cache/selfsup/jigsaw``; its size is ``--num-permutations`` (the paper's best: 1000, average
 Hamming distance 8.0). The set is a buffer of the method, so a checkpoint carries its own.
@@ -22,9 +23,13 @@ permutations; SGD with momentum 0.9, lr 0.01 at batch 256 (divided by 10 every 1
 iterations; a cosine schedule here), weight decay 5e-4.
 The per-channel spatial jitter of colour tiles (0-2 px) is not implemented.
 Small-image recipe (Fashion-MNIST 28 px, CPU-sized; BENCHMARKS.md): 7-px tiles, gap 2, jitter 1 (a
-27-px grid, the paper's tile/cell ratio 64/75 rounded to whole pixels with one pixel of jitter), fc6
-128, fc7 512, 100 permutations (the issue's default; 1000 classes learn slowly in a few hundred
-steps), SGD lr 0.1 x batch/256.
+27-px grid: the paper's tile/cell ratio 64/75 in whole pixels, one pixel of jitter), resized to 14 px
+before the encoder (``tile_input_size``: a 7-px tile leaves the last stage of the small-stem ResNet a 1 x 1
+map, so only the centre of its kernels trains; 14 px leaves 2 x 2, as a 64-px tile does in a stride-32
+ResNet), fc6 128, fc7 512, no dropout, 100 permutations (1000 classes learn slowly in a few hundred
+steps), SGD lr 1.0 x batch/256. Measured with 5,000 images, batch 64, width 0.25, 3 epochs, lr 0.4:
+linear probe 76.5% (14-px tiles, no dropout), 71.5% (14 px, dropout 0.5), 71.0% (7 px, dropout 0.5);
+random init 70.5%. At width 0.125, 2 epochs, lr 1.0 reaches 73.6% where lr 0.4 stays below the floor.
 """
 
 from __future__ import annotations
@@ -85,9 +90,9 @@ class Jigsaw(Method):
     name = "jigsaw"
     Config = JigsawConfig
     OPTIMIZER = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4, "warmup_epochs": 0}
-    SMALL_IMAGE_RECIPE = {"tile_size": 7, "tile_gap": 2, "tile_jitter": 1, "num_permutations": 100, "tile_dim": 128,
-                          "hidden_dim": 512}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 0}
+    SMALL_IMAGE_RECIPE = {"tile_size": 7, "tile_gap": 2, "tile_jitter": 1, "tile_input_size": 14,
+                          "num_permutations": 100, "tile_dim": 128, "hidden_dim": 512, "dropout": 0.0}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 5e-4, "warmup_epochs": 0}
 
     def __init__(self, encoder: nn.Module, config: JigsawConfig) -> None:
         super().__init__(encoder, config)

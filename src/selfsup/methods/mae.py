@@ -35,6 +35,7 @@ from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock
 
 from selfsup.data.views import ViewSpec
+from selfsup.errors import ConfigError
 from selfsup.methods.base import Method, StepOutput
 from selfsup.methods.losses import masked_patch_loss
 from selfsup.methods.patches import BatchRandom, StepRandom
@@ -113,8 +114,6 @@ class MAE(Method):
 
     def __init__(self, encoder: nn.Module, config: MAEConfig) -> None:
         if not isinstance(encoder, ViTBackbone):
-            from selfsup.config import ConfigError  # selfsup.config imports the methods
-
             raise ConfigError(f"--backbone: MAE needs a ViT backbone (vit_tiny, vit_small), got "
                               f"{type(encoder).__name__}")
         super().__init__(encoder, config)

@@ -91,8 +91,9 @@ class NPID(Method):
     name = "npid"
     Config = NPIDConfig
     OPTIMIZER = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0}
-    SMALL_IMAGE_RECIPE: dict[str, Any] = {"loss": "softmax"}
-    SMALL_IMAGE_OPTIMIZER: dict[str, Any] = {}
+    SMALL_IMAGE_RECIPE: dict[str, Any] = {"loss": "softmax", "temperature": 0.1}
+    SMALL_IMAGE_OPTIMIZER: dict[str, Any] = {"lr": 0.3, "warmup_epochs": 1}
+    SMALL_IMAGE_ZERO_INIT_RESIDUAL = True
     # The official code trains per-GPU BN (a plain DataParallel / DDP model); here SyncBN keeps the
     # N-process run equal to the one-process run, as for the other methods.
 

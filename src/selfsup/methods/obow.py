@@ -141,7 +141,7 @@ class OBoW(Method):
     Config = OBoWConfig
     OPTIMIZER = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "warmup_epochs": 10}
     SMALL_IMAGE_RECIPE = {"num_words": 1024, "inv_delta": 10.0, "kappa": 5.0}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 1}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.3, "weight_decay": 5e-4, "warmup_epochs": 1}
 
     def __init__(self, encoder: nn.Module, config: OBoWConfig) -> None:
         super().__init__(encoder, config)
@@ -196,7 +196,8 @@ class OBoW(Method):
                 chosen = torch.randint(candidates.shape[1], (b * world_size(),), generator=generator)
                 chosen = chosen[GlobalBatchRandom.local_rows(b)].to(candidates.device)
                 queue.push(candidates[torch.arange(b, device=candidates.device), chosen])
-            codes = soft_assignment(distances, c.inv_delta, self.mean_min_distance[level].to(distances.dtype))
+            mu = self.mean_min_distance[level].to(distances.dtype).clamp_min(1e-12)  # 0 if every feature is a word
+            codes = soft_assignment(distances, c.inv_delta, mu)
             bags.append(bag_of_words(codes, c.bow_pool))
         return bags
 

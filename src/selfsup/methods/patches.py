@@ -123,7 +123,7 @@ class GridLayout:
 
     def check(self, size: int, flags: str) -> None:
         """Raise ``ConfigError`` (a ValueError: the CLI prints one line) when the grid does not fit ``size``."""
-        from selfsup.config import ConfigError  # here: selfsup.config imports the methods
+        from selfsup.errors import ConfigError
 
         if self.span > size:
             raise ConfigError(f"{self.grid} x {self.grid} tiles of {self.tile} px, gap {self.gap}, jitter "

@@ -45,6 +45,7 @@ from torch import nn
 from selfsup.data.views import ViewSpec
 from selfsup.methods.base import Method, StepOutput
 from selfsup.methods.memory_bank import MEMORY_LOSSES, MemoryBank, memory_bank_loss
+from selfsup.methods.npid import embedding_head
 from selfsup.methods.patches import BatchRandom, GridLayout, StepRandom, cut_tiles, normalize_tiles
 
 GRID = 3  # 3 x 3 tiles, as the jigsaw pretext task
@@ -55,6 +56,8 @@ class PIRLConfig:
     """Paper defaults (Misra & van der Maaten 2020, Sec. 3-4; VISSL's PIRL configuration)."""
 
     embedding_dim: int = 128
+    head_hidden_dim: int = 0  # 0: the paper's linear heads; > 0: VISSL's "mlphead" variant, one hidden layer
+    head_norm: str = "batchnorm"  # the hidden layer's norm when head_hidden_dim > 0
     temperature: float = 0.07
     jigsaw_weight: float = 0.5  # lambda: weight of the jigsaw term, 1 - lambda the image term's
     memory_momentum: float = 0.5
@@ -79,17 +82,20 @@ class PIRLConfig:
 
 
 class JigsawHead(nn.Module):
-    """PIRL's g: each tile's features projected to ``dim`` (one linear layer shared by the tiles), the
-    tiles' projections concatenated in their (shuffled) order, and projected to ``dim``."""
+    """PIRL's g: each tile's features projected to ``dim`` (one head shared by the tiles: a linear layer,
+    or an MLP with ``hidden_dim``), the tiles' projections concatenated in their (shuffled) order, and
+    projected to ``dim`` by a linear layer."""
 
-    def __init__(self, feature_dim: int, dim: int, tiles: int = GRID * GRID) -> None:
+    def __init__(self, feature_dim: int, dim: int, hidden_dim: int = 0, norm: str = "batchnorm",
+                 tiles: int = GRID * GRID) -> None:
         super().__init__()
-        self.tile = nn.Linear(feature_dim, dim)
+        self.tile = embedding_head(feature_dim, hidden_dim, dim, norm)
         self.joint = nn.Linear(tiles * dim, dim)
 
     def forward(self, tile_features: torch.Tensor) -> torch.Tensor:
         """``[B, tiles, feature_dim]`` -> ``[B, dim]``."""
-        return self.joint(self.tile(tile_features).flatten(1))
+        b = tile_features.shape[0]
+        return self.joint(self.tile(tile_features.flatten(0, 1)).view(b, -1))
 
 
 class PIRL(Method):
@@ -98,14 +104,15 @@ class PIRL(Method):
     OPTIMIZER = {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0}
     SMALL_IMAGE_RECIPE: dict[str, Any] = {"loss": "softmax", "jigsaw_size": 30, "tile_size": 8, "tile_gap": 2,
                                           "tile_jitter": 1}
-    SMALL_IMAGE_OPTIMIZER: dict[str, Any] = {}
+    SMALL_IMAGE_OPTIMIZER: dict[str, Any] = {"lr": 0.3, "warmup_epochs": 1}
+    SMALL_IMAGE_ZERO_INIT_RESIDUAL = True
 
     def __init__(self, encoder: nn.Module, config: PIRLConfig) -> None:
         super().__init__(encoder, config)
         c = config
         self.layout = GridLayout(c.tile_size, c.tile_gap, c.tile_jitter, GRID)
-        self.image_head = nn.Linear(self.feature_dim, c.embedding_dim)
-        self.jigsaw_head = JigsawHead(self.feature_dim, c.embedding_dim)
+        self.image_head = embedding_head(self.feature_dim, c.head_hidden_dim, c.embedding_dim, c.head_norm)
+        self.jigsaw_head = JigsawHead(self.feature_dim, c.embedding_dim, c.head_hidden_dim, c.head_norm)
         self.bank = MemoryBank(c.embedding_dim, c.memory_momentum)
         self.random = StepRandom()  # tile offsets and permutations
         self._pending: torch.Tensor | None = None

@@ -26,8 +26,11 @@ Defaults (paper Sec. 3-4; official ``cdoersch/deepcontext``): 96-px patches, 48-
 SGD without momentum at a constant lr 1e-5 on the loss summed over ~4000 pairs (about 0.04 on the mean
 loss, 0.004 with the momentum 0.9 of the loop's SGD), no weight decay.
 Small-image recipe (Fashion-MNIST 28 px, CPU-sized; BENCHMARKS.md): 7-px patches, gap 2, jitter 1 (a
-27-px grid: the paper's gap of half a patch and 7-px jitter do not fit three patches into 28 px), fc6
-128, fc7/fc8 256, SGD lr 0.1 x batch/256, weight decay 5e-4.
+27-px grid: the paper's gap of half a patch and 7-px jitter do not fit three patches into 28 px), resized
+to 14 px before the encoder (``patch_input_size``; as the jigsaw's tiles), fc6 128, fc7/fc8 256, SGD lr
+1.0 x batch/256, weight decay 5e-4. Measured with 5,000 images, batch 64, width 0.25, 3 epochs, lr 0.4:
+linear probe 75.7% with 14-px inputs, 72.9% with 7-px ones; random init 70.5%. Pixelation and colour
+dropping stay on (the latter does nothing on 1-channel images).
 """
 
 from __future__ import annotations
@@ -108,8 +111,9 @@ class RelativePatch(Method):
     name = "relative_patch"
     Config = RelativePatchConfig
     OPTIMIZER = {"optimizer": "sgd", "lr": 0.004, "weight_decay": 0.0, "warmup_epochs": 0}
-    SMALL_IMAGE_RECIPE = {"patch_size": 7, "patch_gap": 2, "patch_jitter": 1, "patch_dim": 128, "hidden_dim": 256}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 0}
+    SMALL_IMAGE_RECIPE = {"patch_size": 7, "patch_gap": 2, "patch_jitter": 1, "patch_input_size": 14, "patch_dim": 128,
+                          "hidden_dim": 256}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 5e-4, "warmup_epochs": 0}
 
     def __init__(self, encoder: nn.Module, config: RelativePatchConfig) -> None:
         super().__init__(encoder, config)

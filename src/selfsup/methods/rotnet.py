@@ -17,9 +17,10 @@ Defaults (official code, ``config/ImageNet_RotNet_AlexNet.py``): SGD with moment
 lr 0.1 at batch 192 (x4 rotations; 0.13 x batch/256 here), weight decay 5e-4, no warm-up, the
 training images' random resized crop and flip and no colour augmentation; the paper steps the lr down
 by 10x at epochs 15, 30, 45 of 50 (the loop here uses a cosine schedule).
-Small-image recipe (Fashion-MNIST, 28 px, CPU-sized; BENCHMARKS.md): SGD lr 0.1 x batch/256 and weight
-decay 5e-4, as the paper; crop scale (0.2, 1) as every small-image run. Rotations of a 28-px image are
-exact, so nothing else changes.
+Small-image recipe (Fashion-MNIST, 28 px, CPU-sized; BENCHMARKS.md): SGD lr 1.0 x batch/256, weight decay
+5e-4, crop scale (0.2, 1) as every small-image run. One epoch of 5,000 images (batch 64, ResNet-18 width
+0.125) reaches a linear probe of 73.5% at lr 0.4 and 77.7% at lr 1.0 (random init: 70.4%): runs of a few
+hundred steps want the larger rate. Rotations of a 28-px image are exact, so nothing else changes.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class RotNet(Method):
     Config = RotNetConfig
     OPTIMIZER = {"optimizer": "sgd", "lr": 0.13, "weight_decay": 5e-4, "warmup_epochs": 0}
     SMALL_IMAGE_RECIPE: dict = {}
-    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 0}
+    SMALL_IMAGE_OPTIMIZER = {"optimizer": "sgd", "lr": 1.0, "weight_decay": 5e-4, "warmup_epochs": 0}
 
     def __init__(self, encoder: nn.Module, config: RotNetConfig) -> None:
         super().__init__(encoder, config)

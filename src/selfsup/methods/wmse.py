@@ -77,7 +77,8 @@ class WMSE(Method):
     Config = WMSEConfig
     OPTIMIZER = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-6, "warmup_epochs": 2}
     SMALL_IMAGE_RECIPE: dict[str, Any] = {"embedding_dim": 64, "w_size": 128, "jitter_strength": 0.5}
-    SMALL_IMAGE_OPTIMIZER: dict[str, Any] = {"lr": 3e-3}
+    SMALL_IMAGE_OPTIMIZER: dict[str, Any] = {"lr": 0.01}
+    SMALL_IMAGE_ZERO_INIT_RESIDUAL = True
 
     def __init__(self, encoder: nn.Module, config: WMSEConfig) -> None:
         super().__init__(encoder, config)

@@ -10,13 +10,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from selfsup.methods.losses.precision import at_least_float32
+
 
 def squared_distances(features: torch.Tensor, vocabulary: torch.Tensor) -> torch.Tensor:
     """``||f(u) - v_k||^2`` for every position and word: ``[B, K, H, W]`` (as ``|f|^2 + |v|^2 - 2 f.v``,
-    the official OBoW code's 1x1 convolution), clamped at 0 against rounding."""
+    the official OBoW code's 1x1 convolution), clamped at 0 against rounding; in at least float32 (the
+    differences of large squares lose everything in bfloat16)."""
+    features = at_least_float32(features)
     v = vocabulary.to(features.dtype)
-    dots = torch.einsum("bchw,kc->bkhw", features, v)
-    return (features.pow(2).sum(1, keepdim=True) + v.pow(2).sum(1).view(1, -1, 1, 1) - 2 * dots).clamp_min(0)
+    with torch.autocast(features.device.type, enabled=False):
+        dots = torch.einsum("bchw,kc->bkhw", features, v)
+        return (features.pow(2).sum(1, keepdim=True) + v.pow(2).sum(1).view(1, -1, 1, 1) - 2 * dots).clamp_min(0)
 
 
 def hard_assignment(distances: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,10 @@ The run folder holds ``fewshot.yaml`` (settings), ``metrics.jsonl``, ``checkpoin
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,9 +53,9 @@ from selfsup.evaluation.fewshot import crosstransformer_fewshot_eval, fewshot_ev
 from selfsup.evaluation.frozen import eval_preprocess
 from selfsup.io import write_json_atomic, write_yaml_atomic
 from selfsup.methods.crosstransformer import CrossTransformer
+from selfsup.methods.crosstransformer_head import SpatialEncoder
 from selfsup.methods.protonet import EpisodicMethod, ProtoNet
 from selfsup.models import BACKBONES, build_backbone
-from selfsup.models.crosstransformer import SpatialEncoder
 from selfsup.runs import channel_stats, load_run
 from selfsup.seeds import derived_seed
 from selfsup.train.checkpoint import atomic_save, safe_load
@@ -61,7 +63,7 @@ from selfsup.train.distributed import pick_device
 
 __all__ = ["EPISODIC_METHODS", "EpisodicConfig", "train_fewshot", "load_fewshot_run", "fewshot_scores",
            "base_training_images", "episode_batch", "build_episodic_method", "lr_at", "starting_encoder",
-           "frozen_feature_maps"]
+           "frozen_feature_maps", "evaluate_fewshot_run"]
 
 EPISODIC_METHODS: dict[str, type[EpisodicMethod]] = {m.name: m for m in (ProtoNet, CrossTransformer)}
 SCHEDULES = ("step", "cosine")
@@ -342,9 +344,6 @@ def train_fewshot(config: EpisodicConfig | None = None, **options: Any) -> dict[
 
 
 def _prepare_run_dir(cfg: EpisodicConfig) -> Path:
-    import datetime as _dt
-    import shutil
-
     out = Path(cfg.out or f"runs/fewshot-{cfg.method}-{_dt.datetime.now():%Y%m%d-%H%M%S}")
     if out.exists() and any(out.iterdir()):
         _check(cfg.overwrite, "out", f"run folder {out} exists; pass --overwrite to replace it")
@@ -469,17 +468,53 @@ def fewshot_scores(method: EpisodicMethod, cfg: EpisodicConfig, split: DataSplit
             tag = domain.split(":")[0].replace("-", "_")
             scores.update(_episode_scores(model, encoder, d_images, d_labels, cfg, size, mean, std, device,
                                           f"{prefix}{tag}_"))
-        if cfg.collapse_queries:
+        if not cfg.collapse_queries:
+            continue
+        what = "starting encoder" if prefix else cfg.method
+        views = [(prefix, encoder, f"{what}, pooled backbone features")]
+        if model is not None and isinstance(model, CrossTransformer):
+            views.append(("value_", _Call(model.value_embedding), f"{what}, pooled value-head features"))
+        for key, embedder, title in views:
             result, figure = measure_supervision_collapse(
-                encoder, split.test.images, split.test.labels, novel, size, mean, std, k=cfg.collapse_k,
+                embedder, split.test.images, split.test.labels, novel, size, mean, std, k=cfg.collapse_k,
                 queries=cfg.collapse_queries, seed=cfg.seed, device=device, class_names=names,
                 figure_queries=8 if run_dir is not None else 0,
-                title=f"{'starting encoder' if prefix else cfg.method}: nearest test images of novel-class queries "
-                      "(green own class, amber other novel class, red base class)")
-            scores.update({f"{prefix}collapse_{k}": v for k, v in result.as_dict().items()
+                title=f"{title}: nearest test images of novel-class queries (green own class, amber other novel "
+                      "class, red base class)")
+            scores.update({f"{key}collapse_{k}": v for k, v in result.as_dict().items()
                            if k in ("same_class", "other_novel", "base", "chance_same_class", "chance_base")})
             if figure is not None and run_dir is not None:
-                figure.savefig(run_dir / f"collapse{'-init' if prefix else ''}.png", dpi=90)
+                figure.savefig(run_dir / f"collapse{'-' + key.rstrip('_') if key else ''}.png", dpi=90)
+    return scores
+
+
+class _Call(nn.Module):
+    """A bound method of a module as a module (what feature extraction takes)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.owner, self.fn = fn.__self__, fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def evaluate_fewshot_run(run_dir: str | Path, device: str = "auto", **overrides: Any) -> dict[str, Any]:
+    """Score a ``selfsup fewshot`` run folder again (``overrides``: evaluation fields of :class:`EpisodicConfig`,
+    e.g. ``eval_data="digits"``, ``eval_episodes=1000``); its ``summary.json`` is updated with the scores."""
+    run_dir = Path(run_dir)
+    method, settings = load_fewshot_run(run_dir, "cpu")
+    cfg = dataclasses.replace(EpisodicConfig(**settings["config"]), **overrides)
+    validate(cfg)
+    r = settings["resolved"]
+    split, _ = _load(r["data"], r["image_size"], r["channels"], False)
+    target = pick_device(device)
+    initial = starting_encoder(cfg, r["channels"], r["image_size"]).encoder if cfg.eval_init else None
+    scores = fewshot_scores(method.to(target), cfg, split, r["holdout_classes"], r["image_size"], r["channels"],
+                            r["mean"], r["std"], target, run_dir, initial)
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    write_json_atomic(path, {**summary, **scores})
     return scores
 
 
