@@ -24,6 +24,9 @@ from typing import Any
 from selfsup.api import demo, evaluate, preview, train
 from selfsup.cli.data import COMMANDS as DATA_COMMANDS
 from selfsup.cli.data import add_parsers as add_data_parsers
+from selfsup.cli.fewshot import COMMANDS as FEWSHOT_COMMANDS
+from selfsup.cli.fewshot import add_parsers as add_fewshot_parsers
+from selfsup.cli.fields import add_field, base_type, flag
 from selfsup.cli.handoff import COMMANDS as HANDOFF_COMMANDS
 from selfsup.cli.handoff import add_parsers as add_handoff_parsers
 from selfsup.cli.reporting import COMMANDS as REPORTING_COMMANDS
@@ -69,28 +72,6 @@ _HELP = {
 }
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _base_type(annotation: Any) -> type:
-    """``int | None`` -> int; ``bool`` -> bool; ``tuple``/``dict`` -> str."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    base = args[0] if args else annotation
-    return base if base in (int, float, bool, str) else str
-
-
-def _add_field(parser: argparse.ArgumentParser, name: str, annotation: Any, default: Any) -> None:
-    kind = _base_type(annotation)
-    help_text = _HELP.get(name, "") + (f" (default: {default})" if default is not None else "")
-    if kind is bool:
-        parser.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None,
-                            help=help_text)
-    else:
-        parser.add_argument(_flag(name), dest=name, type=kind, default=None, metavar=kind.__name__.upper(),
-                            help=help_text)
-
-
 def _settings(values: dict[str, Any]) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in values.items())
 
@@ -107,12 +88,12 @@ def _add_method_fields(parser: argparse.ArgumentParser, method: type) -> None:
     for f in dataclasses.fields(method.Config):
         paper = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         note = f"paper: {paper}" + (f"; small: {small[f.name]}" if f.name in small else "")
-        kind = _base_type(typing.get_type_hints(method.Config)[f.name])
+        kind = base_type(typing.get_type_hints(method.Config)[f.name])
         if kind is bool:
-            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+            group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=note)
         else:
-            group.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, metavar=kind.__name__.upper(),
+            group.add_argument(flag(f.name), dest=f.name, type=kind, default=None, metavar=kind.__name__.upper(),
                                help=note)
 
 
@@ -129,7 +110,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     defaults = TrainConfig()
     hints = typing.get_type_hints(TrainConfig)
     for name in TRAIN_FIELDS:
-        _add_field(train, name, hints[name], getattr(defaults, name))
+        add_field(train, name, hints[name], getattr(defaults, name), _HELP)
     if method in METHODS:
         _add_method_fields(train, METHODS[method])
     else:
@@ -137,7 +118,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
                                          "`selfsup train --method X --help` lists X's own)")
         for name, hint in method_option_types().items():
             if name not in TRAIN_FIELDS:
-                _add_field(group, name, hint, None)
+                add_field(group, name, hint, None)
 
     ev = sub.add_parser("eval", help="score a run's encoder by a paper protocol, beside a random-init encoder")
     ev.add_argument("run_dir")
@@ -185,6 +166,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     pv.add_argument("--backbone", default="resnet18", help="the network whose panels are shown (MAE: vit_tiny)")
 
     add_data_parsers(sub)  # convert
+    add_fewshot_parsers(sub)  # fewshot
     add_handoff_parsers(sub)  # export, embed
     add_reporting_parsers(sub)  # report, compare
     return parser
@@ -288,7 +270,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(_method_asked_about(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     commands = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "preview": _cmd_preview,
                 "methods": _cmd_methods,
-                **DATA_COMMANDS, **HANDOFF_COMMANDS, **REPORTING_COMMANDS}
+                **DATA_COMMANDS, **FEWSHOT_COMMANDS, **HANDOFF_COMMANDS, **REPORTING_COMMANDS}
     try:
         return commands[args.command](args)
     except (ConfigError, DataSpecError, CheckpointError, StoreError, TimmError) as err:

@@ -22,9 +22,11 @@ Defaults (official repository, ImageNet-100 setting): projector 1024 (one hidden
 x batch/256), weight decay 1e-6, 500 warm-up steps (about 2 epochs of ImageNet-100 at batch 512),
 240 epochs (a step schedule there; cosine here). W-MSE 4 takes batch 256.
 
-Small-image recipe: the official CIFAR setting (embedding 64, w_size 128, colour jitter (0.4, 0.4,
-0.4, 0.1)); see ``SMALL_IMAGE_RECIPE`` / ``SMALL_IMAGE_OPTIMIZER`` and BENCHMARKS.md. The batch must
-be a multiple of ``w_size``, and ``w_size`` larger than the embedding dimension.
+Small-image recipe (measured on Fashion-MNIST, BENCHMARKS.md): the official CIFAR setting (embedding
+64, w_size 128, colour jitter (0.4, 0.4, 0.4, 0.1)), AdamW lr 0.01 x batch/256 (at batch 128 it gained
++6.8 linear-probe points in 62 steps where the official CIFAR lr, 3e-3 per 256, gained +2.6) and
+zero-initialised residual blocks. The batch must be a multiple of ``w_size``, and ``w_size`` larger
+than the embedding dimension.
 """
 
 from __future__ import annotations
