@@ -32,7 +32,7 @@ batch/256): ``NPID_PLUS_PLUS``, e.g. ``selfsup train --method npid --num-negativ
 Small-image recipe (images <= 64 px; measured on Fashion-MNIST, BENCHMARKS.md): the exact softmax (a
 bank of 10k-60k rows costs less than a backbone layer), temperature 0.1 (the official CIFAR script's),
 a 2-layer MLP head (512 hidden, BN) instead of the linear one (as VISSL's ``mlphead`` variants and
-MoCo v2 / SimCLR's finding: +7 linear-probe points after 120 steps here), SGD lr 0.3 x batch/256 with
+MoCo v2 / SimCLR's finding: +6 to +11 linear-probe points after 120 steps here), SGD lr 0.3 x batch/256 with
 one warm-up epoch, and zero-initialised residual blocks. Runs of a few hundred steps are short for a
 memory bank: a row is random until its image's first visit and moves halfway per visit, so the first
 epoch trains against random positives (the warm-up keeps that epoch's steps small).

@@ -20,7 +20,9 @@ supervision collapse (:mod:`selfsup.evaluation.collapse`). ``eval_init`` scores 
 (random or pretrained) with Prototypical Networks on frozen features, for comparison.
 
 The run folder holds ``fewshot.yaml`` (settings), ``metrics.jsonl``, ``checkpoints/fewshot.pt``,
-``summary.json`` and ``collapse.png`` (``collapse-init.png`` for the starting encoder).
+``summary.json`` and ``collapse.png`` (``collapse-value.png`` on a CrossTransformer's value-head
+features, ``collapse-init.png`` for the starting encoder); :func:`evaluate_fewshot_run` scores a
+finished run again.
 """
 
 from __future__ import annotations
