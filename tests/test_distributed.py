@@ -253,7 +253,7 @@ def test_torchrun_run_resumes_on_one_process_and_back_on_two(tmp_path):
            "--devices", str(WORLD), "--no-progress", "--eval-after"]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("knn top-1") == 1, done.stdout  # the summary table, printed once
+    assert done.stdout.count("knn_top1") == 1, done.stdout  # the summary table, printed once
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == WORLD and summary["steps"] == 3 * steps_per_epoch
     assert 0.0 <= summary["knn_top1"] <= 1.0
