@@ -24,7 +24,7 @@ from selfsup.evaluation.baselines import baseline_scores
 from selfsup.methods import METHODS, Method
 from selfsup.models import build_backbone
 from selfsup.runs import channel_stats, load_split, merge_options, random_init_encoder
-from selfsup.runs.train import train  # selfsup.api.train's body: gloo workers import no plotting
+from selfsup.runs.train import option_flags, train  # selfsup.api.train's body: gloo workers import no plotting
 
 # ---------------------------------------------------------------------------------------------
 # Tiny methods
@@ -113,14 +113,7 @@ def copy_run(run: Path, parent: Path) -> Path:
 
 def train_flags(**options: Any) -> list[str]:
     """``options`` (``TrainConfig`` fields and method hyperparameters) as ``selfsup train`` flags, in order."""
-    argv: list[str] = []
-    for name, value in options.items():
-        flag = name.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(f"--{flag}" if value else f"--no-{flag}")
-        else:
-            argv += [f"--{flag}", str(value)]
-    return argv
+    return [flag for name, value in options.items() for flag in option_flags(name, value)]
 
 
 # ---------------------------------------------------------------------------------------------

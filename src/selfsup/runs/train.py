@@ -88,12 +88,16 @@ def config_argv(cfg: TrainConfig, explicit: Sequence[str] = ()) -> list[str]:
     for name, value, default in values:
         if value is None or (value == default and name not in explicit):
             continue
-        flag = name.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(f"--{flag}" if value else f"--no-{flag}")
-        else:
-            argv += [f"--{flag}", str(value)]
+        argv += option_flags(name, value)
     return argv
+
+
+def option_flags(name: str, value: Any) -> list[str]:
+    """One option as ``selfsup train`` flags: ``--batch-size 64``, ``--predictor`` / ``--no-predictor``."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return [f"--{flag}" if value else f"--no-{flag}"]
+    return [f"--{flag}", str(value)]
 
 
 def _check_batch(cfg: TrainConfig, split: DataSplit) -> None:
